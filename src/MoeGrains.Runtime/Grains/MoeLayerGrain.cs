@@ -1,0 +1,65 @@
+using Microsoft.Extensions.Options;
+using MoeGrains.Contracts;
+using MoeGrains.Devices;
+using MoeGrains.Diagnostics;
+using MoeGrains.Dispatch;
+using MoeGrains.Hosting;
+using MoeGrains.Models;
+using Orleans.Concurrency;
+using static TorchSharp.torch;
+
+namespace MoeGrains.Grains;
+
+/// <summary>
+/// The grain dispatcher: one MoE layer step as a message flow. Validates the batch, routes it (local router worker),
+/// sends each chosen expert grain one batch concurrently with a deadline, and combines the answers.
+/// </summary>
+[StatelessWorker]
+internal sealed class MoeLayerGrain(ModelCatalog models, SiloDevice device, IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire) : Grain, IMoeLayerGrain
+{
+    public async Task<MoeLayerResult> Forward(MoeLayerRequest request, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        var (model, layer) = ExpertKey.ParseLayer(this.GetPrimaryKeyString());
+        var spec = models.Check(model, layer);
+        var hidden = request.Hidden;
+        if (hidden.Shape.Count != 2 || hidden.Shape[1] != spec.DModel)
+        {
+            throw new TensorValidationException($"Layer '{this.GetPrimaryKeyString()}' expects hidden states [tokens, {spec.DModel}], got [{string.Join(", ", hidden.Shape)}].");
+        }
+        if (hidden.Shape[0] > options.Value.MaxTokensPerRequest)
+        {
+            throw new TensorValidationException($"{hidden.Shape[0]} tokens exceed the limit of {options.Value.MaxTokensPerRequest} per request.");
+        }
+        if (request.KMin < 1 || request.KMin > spec.Experts)
+        {
+            throw new TensorValidationException($"k_min must be between 1 and {spec.Experts}, got {request.KMin}.");
+        }
+        var available = Routing.Availability(spec.Experts, request.MaskedExperts);
+        var routing = await GrainFactory.GetGrain<IRouterGrain>(this.GetPrimaryKeyString())
+            .Route(hidden, request.MaskedExperts is null ? null : [.. available.AsList()], request.Router);
+
+        using var scope = NewDisposeScope();
+        var x = hidden.ToTensor(device.Device);
+        if (!x.isfinite().all().item<bool>())
+        {
+            throw new TensorValidationException($"Layer '{this.GetPrimaryKeyString()}' received non-finite values (NaN or Inf).");
+        }
+        var wireType = hidden.DType == TensorDType.Int8 ? wire.Value.HiddenDType : hidden.DType;
+        var timeout = TimeSpan.FromMilliseconds(request.ExpertTimeoutMs > 0 ? request.ExpertTimeoutMs : options.Value.ExpertTimeoutMs);
+        var here = RuntimeIdentity;
+        using var result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, batch, ct) =>
+        {
+            var payload = WireTensor.FromTensor(batch, wireType, wire.Value.MaxTensorBytes);
+            var answer = await GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, e)).Forward(payload, ct);
+            var remote = answer.Silo != here;
+            var bytes = remote ? payload.WireBytes + answer.Output.WireBytes : 0;
+            MoeGrainsMetrics.ExpertCalls.Add(1, new KeyValuePair<string, object?>("remote", remote));
+            MoeGrainsMetrics.CrossSiloBytes.Add(bytes);
+            return new ExpertAnswer(answer.Output.ToTensor(device.Device), answer.Silo, answer.ComputeMs, bytes);
+        }, request.KMin, timeout, cancellationToken);
+
+        var output = WireTensor.FromTensor(result.Output, hidden.DType == TensorDType.Int8 ? TensorDType.Float32 : hidden.DType, wire.Value.MaxTensorBytes);
+        return new MoeLayerResult(output, result.Calls, here, result.CrossSiloBytes, result.Calls.Length, result.FailedExperts);
+    }
+}

@@ -1,0 +1,43 @@
+using MoeGrains.Contracts;
+using MoeGrains.Devices;
+using MoeGrains.Dispatch;
+using MoeGrains.Models;
+using MoeGrains.Plugins;
+using Orleans.Concurrency;
+using static TorchSharp.torch;
+
+namespace MoeGrains.Grains;
+
+/// <summary>A layer's router as a stateless worker: local to the silo that routes, one plugin instance per router name.</summary>
+[StatelessWorker]
+internal sealed class RouterGrain(ModelCatalog models, PluginCatalog plugins, SiloDevice device, IServiceProvider services) : Grain, IRouterGrain
+{
+    private readonly Dictionary<string, IRouter> _routers = new(StringComparer.OrdinalIgnoreCase);
+
+    public Task<RoutingResult> Route(WireTensor hidden, bool[]? available, string? router)
+    {
+        var (model, layer) = ExpertKey.ParseLayer(this.GetPrimaryKeyString());
+        var spec = models.Check(model, layer);
+        var name = router ?? spec.RouterPlugin;
+        if (!_routers.TryGetValue(name, out var instance))
+        {
+            instance = PluginFactory.CreateRouter(plugins, spec, models.File(model), layer, device.Device, services, name);
+            _routers[name] = instance;
+        }
+        if (available is not null && available.Length != spec.Experts)
+        {
+            throw new TensorValidationException($"The availability mask has {available.Length} entries; layer {layer} has {spec.Experts} experts.");
+        }
+        using var scope = NewDisposeScope();
+        var x = hidden.ToTensor(device.Device);
+        var mask = available is null ? ExpertAvailability.All(spec.Experts) : new ExpertAvailability(available);
+        return Task.FromResult(Routing.Route(instance, x, mask));
+    }
+
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        foreach (var r in _routers.Values) r.Dispose();
+        _routers.Clear();
+        return Task.CompletedTask;
+    }
+}

@@ -1,0 +1,102 @@
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.DependencyInjection.Extensions;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using MoeGrains.Contracts;
+using MoeGrains.Devices;
+using MoeGrains.Models;
+using MoeGrains.Placement;
+using MoeGrains.Plugins;
+using Orleans.Runtime.MembershipService.SiloMetadata;
+
+namespace MoeGrains.Hosting;
+
+/// <summary>Silo set-up: <c>siloBuilder.UseLocalhostClustering().AddMoeGrains(o =&gt; ...).AddExpertPlugins("plugins")</c>.</summary>
+public static class MoeGrainsSiloBuilderExtensions
+{
+    /// <summary>
+    /// Adds the MoeGrains runtime: expert, router and layer grains, expert placement, the model catalog and this silo's
+    /// device (advertised in silo metadata). Options come from the <c>MoeGrains</c> section, then <paramref name="configure"/>.
+    /// </summary>
+    public static ISiloBuilder AddMoeGrains(this ISiloBuilder builder, Action<MoeGrainsOptions>? configure = null)
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        var section = builder.Configuration.GetSection(MoeGrainsOptions.SectionName);
+        var options = builder.Services.AddOptions<MoeGrainsOptions>().Bind(section);
+        if (configure is not null)
+        {
+            options.Configure(configure);
+        }
+        options.ValidateOnStart();
+        builder.Services.AddOptions<TensorWireOptions>().Bind(section.GetSection("Wire"));
+        builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<MoeGrainsOptions>, MoeGrainsOptionsValidator>());
+        builder.Services.TryAddSingleton<ModelCatalog>();
+        builder.Services.TryAddSingleton(sp =>
+        {
+            var o = sp.GetRequiredService<IOptions<MoeGrainsOptions>>().Value;
+            return SiloDevice.FromOptions(o);
+        });
+        builder.Services.TryAddSingleton(sp =>
+        {
+            var o = sp.GetRequiredService<IOptions<MoeGrainsOptions>>().Value;
+            var logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("MoeGrains.Plugins");
+            var catalog = PluginCatalog.Load(o.PluginFolder, logger);
+            foreach (var assembly in sp.GetServices<BuiltInPluginAssembly>())
+            {
+                catalog.AddAssembly(assembly.Assembly);
+            }
+            foreach (var error in catalog.Errors)
+            {
+                logger.LogError("Plugin not loaded: {Error}", error);
+            }
+            return catalog;
+        });
+        builder.AddPlacementDirector<ExpertPlacementStrategy, ExpertPlacementDirector>();
+
+        // Advertise the device now: silo metadata is fixed when the silo starts.
+        var eager = new MoeGrainsOptions();
+        section.Bind(eager);
+        configure?.Invoke(eager);
+        builder.UseSiloMetadata(SiloDevice.FromOptions(eager).Metadata());
+        return builder;
+    }
+
+    /// <summary>Sets the folder plugins are loaded from.</summary>
+    public static ISiloBuilder AddExpertPlugins(this ISiloBuilder builder, string folder)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(folder);
+        builder.Services.Configure<MoeGrainsOptions>(o => o.PluginFolder = Path.GetFullPath(folder));
+        return builder;
+    }
+
+    /// <summary>Adds the plugin types of an assembly the host already references (in the default load context).</summary>
+    public static ISiloBuilder AddExpertPluginAssembly(this ISiloBuilder builder, System.Reflection.Assembly assembly)
+    {
+        builder.Services.AddSingleton(new BuiltInPluginAssembly(assembly));
+        return builder;
+    }
+}
+
+internal sealed record BuiltInPluginAssembly(System.Reflection.Assembly Assembly);
+
+internal sealed class MoeGrainsOptionsValidator : IValidateOptions<MoeGrainsOptions>
+{
+    public ValidateOptionsResult Validate(string? name, MoeGrainsOptions o)
+    {
+        var errors = new List<string>();
+        if (o.ExpertTimeoutMs is < 1 or > 600_000) errors.Add($"MoeGrains:ExpertTimeoutMs must be 1..600000, got {o.ExpertTimeoutMs}.");
+        if (o.KMin is < 1 or > 64) errors.Add($"MoeGrains:KMin must be 1..64, got {o.KMin}.");
+        if (o.MaxTokensPerRequest < 1) errors.Add($"MoeGrains:MaxTokensPerRequest must be positive, got {o.MaxTokensPerRequest}.");
+        if (o.DeviceMemoryBudgetBytes < 0) errors.Add("MoeGrains:DeviceMemoryBudgetBytes must not be negative.");
+        var device = o.Device.Trim().ToLowerInvariant();
+        if (device is not ("auto" or "cpu") && !System.Text.RegularExpressions.Regex.IsMatch(device, "^cuda(:[0-9]+)?$"))
+            errors.Add($"MoeGrains:Device must be auto, cpu or cuda:N, got '{o.Device}'.");
+        foreach (var (model, path) in o.Models)
+        {
+            if (string.IsNullOrWhiteSpace(model) || model.Contains('/')) errors.Add($"Model name '{model}' must be non-empty and contain no '/'.");
+            if (!File.Exists(path)) errors.Add($"Checkpoint of model '{model}' not found: {path}.");
+        }
+        return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
+    }
+}

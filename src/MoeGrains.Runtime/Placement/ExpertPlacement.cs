@@ -1,0 +1,51 @@
+using MoeGrains.Contracts;
+using Orleans.Placement;
+using Orleans.Runtime;
+using Orleans.Runtime.Placement;
+
+namespace MoeGrains.Placement;
+
+/// <summary>Places expert grains on the silo their layer and index map to, spreading a layer's experts over silos.</summary>
+public sealed class ExpertPlacementStrategy : PlacementStrategy
+{
+    internal static readonly ExpertPlacementStrategy Instance = new();
+}
+
+/// <summary>Marks a grain class for <see cref="ExpertPlacementStrategy"/>.</summary>
+[AttributeUsage(AttributeTargets.Class, AllowMultiple = false)]
+public sealed class ExpertPlacementAttribute() : PlacementAttribute(ExpertPlacementStrategy.Instance);
+
+/// <summary>
+/// Chooses a silo for an expert: silos sorted by address (so every silo computes the same answer), GPU silos first
+/// when any are present, then expert <c>e</c> of layer <c>l</c> goes to silo <c>(e + l) mod n</c>. Keys that are not
+/// expert keys fall back to the first candidate.
+/// </summary>
+internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.SiloMetadata.ISiloMetadataCache metadata) : IPlacementDirector
+{
+    public Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
+    {
+        var silos = context.GetCompatibleSilos(target).OrderBy(s => s.ToString(), StringComparer.Ordinal).ToArray();
+        var gpus = silos.Where(IsGpu).ToArray();
+        if (gpus.Length > 0)
+        {
+            silos = gpus;
+        }
+        var key = target.GrainIdentity.Key.ToString() ?? "";
+        var index = 0;
+        try
+        {
+            var (_, layer, expert) = ExpertKey.ParseExpert(key);
+            index = (expert + layer) % silos.Length;
+        }
+        catch (UnknownExpertException)
+        {
+        }
+        return Task.FromResult(silos[index]);
+    }
+
+    private bool IsGpu(SiloAddress silo)
+    {
+        var data = metadata.GetSiloMetadata(silo).Metadata;
+        return data.TryGetValue(Devices.SiloDevice.DeviceKey, out var device) && device.StartsWith("cuda", StringComparison.Ordinal);
+    }
+}
