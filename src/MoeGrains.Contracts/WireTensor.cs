@@ -69,6 +69,10 @@ public sealed class WireTensor
             var rows = TensorValidation.ScaleRows(shape);
             var last = shape.Length == 0 ? 1 : shape[^1];
             var x = cpu.to_type(ScalarType.Float32).reshape(rows, last);
+            if (rows == 0 || last == 0)
+            {
+                return new WireTensor(dtype, shape, [], new float[rows], maxBytes);
+            }
             var scale = x.abs().amax(new long[] { 1 }).div(127f).clamp_min(1e-12f);
             var q = x.div(scale.unsqueeze(1)).round().clamp(-127, 127).to_type(ScalarType.Int8).contiguous();
             return new WireTensor(dtype, shape, q.bytes.ToArray(), scale.contiguous().data<float>().ToArray(), maxBytes);
@@ -83,6 +87,7 @@ public sealed class WireTensor
     /// </summary>
     public Tensor ToTensor(Device? device = null, ScalarType? asType = ScalarType.Float32)
     {
+        // Synchronous on purpose: a dispose scope must never stay open across an await.
         using var scope = NewDisposeScope();
         Tensor result;
         if (DType == TensorDType.Int8)
@@ -90,7 +95,10 @@ public sealed class WireTensor
             var rows = TensorValidation.ScaleRows(_shape);
             var last = _shape.Length == 0 ? 1 : _shape[^1];
             var q = empty(new long[] { rows, last }, ScalarType.Int8);
-            q.bytes = _data;
+            if (_data.Length > 0)
+            {
+                q.bytes = _data;
+            }
             var s = tensor(_scales!, new long[] { rows, 1 });
             result = q.to_type(ScalarType.Float32).mul(s).reshape(_shape);
             if (asType is { } t && t != ScalarType.Float32)

@@ -104,7 +104,7 @@ public sealed class WireTensorCodec : IFieldCodec<WireTensor>
                 $"Byte length mismatch for {dtype} tensor of shape [{string.Join(", ", shape)}]: expected {headerLength + Math.Max(scaleCount, 0) * 4L + expected}, got {total}.");
         }
         float[]? scales = null;
-        if (scaleCount > 0)
+        if (scaleCount > 0 || dtype == TensorDType.Int8)
         {
             scales = new float[scaleCount];
             reader.ReadBytes(MemoryMarshal.AsBytes(scales.AsSpan()));

@@ -4,6 +4,7 @@ using Microsoft.Extensions.Options;
 using MoeGrains.Contracts;
 using MoeGrains.Devices;
 using MoeGrains.Diagnostics;
+using MoeGrains.Dispatch;
 using MoeGrains.Models;
 using MoeGrains.Placement;
 using MoeGrains.Plugins;
@@ -64,7 +65,7 @@ internal sealed partial class ExpertGrain(
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
         var x = hidden.ToTensor(device.Device);
-        if (!x.isfinite().all().item<bool>())
+        if (!TensorChecks.AllFinite(x))
         {
             throw new TensorValidationException($"Expert '{this.GetPrimaryKeyString()}' received non-finite values (NaN or Inf).");
         }

@@ -6,7 +6,6 @@ using MoeGrains.Dispatch;
 using MoeGrains.Hosting;
 using MoeGrains.Models;
 using Orleans.Concurrency;
-using static TorchSharp.torch;
 
 namespace MoeGrains.Grains;
 
@@ -36,15 +35,15 @@ internal sealed class MoeLayerGrain(ModelCatalog models, SiloDevice device, IOpt
             throw new TensorValidationException($"k_min must be between 1 and {spec.Experts}, got {request.KMin}.");
         }
         var available = Routing.Availability(spec.Experts, request.MaskedExperts);
-        var routing = await GrainFactory.GetGrain<IRouterGrain>(this.GetPrimaryKeyString())
-            .Route(hidden, request.MaskedExperts is null ? null : [.. available.AsList()], request.Router);
 
-        using var scope = NewDisposeScope();
-        var x = hidden.ToTensor(device.Device);
-        if (!x.isfinite().all().item<bool>())
+        // No dispose scope here: TorchSharp's scopes are per thread, and this method awaits.
+        using var x = hidden.ToTensor(device.Device);
+        if (!TensorChecks.AllFinite(x))
         {
             throw new TensorValidationException($"Layer '{this.GetPrimaryKeyString()}' received non-finite values (NaN or Inf).");
         }
+        var routing = await GrainFactory.GetGrain<IRouterGrain>(this.GetPrimaryKeyString())
+            .Route(hidden, request.MaskedExperts is null ? null : [.. available.AsList()], request.Router);
         var wireType = hidden.DType == TensorDType.Int8 ? wire.Value.HiddenDType : hidden.DType;
         var timeout = TimeSpan.FromMilliseconds(request.ExpertTimeoutMs > 0 ? request.ExpertTimeoutMs : options.Value.ExpertTimeoutMs);
         var here = RuntimeIdentity;

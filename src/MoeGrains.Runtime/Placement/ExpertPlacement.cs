@@ -18,9 +18,9 @@ public sealed class ExpertPlacementAttribute() : PlacementAttribute(ExpertPlacem
 /// <summary>
 /// Chooses a silo for an expert: silos sorted by address (so every silo computes the same answer), GPU silos first
 /// when any are present, then expert <c>e</c> of layer <c>l</c> goes to silo <c>(e + l) mod n</c>. Keys that are not
-/// expert keys fall back to the first candidate.
+/// expert keys, and keys naming a model, layer or expert that does not exist, are refused before any activation.
 /// </summary>
-internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.SiloMetadata.ISiloMetadataCache metadata) : IPlacementDirector
+internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.SiloMetadata.ISiloMetadataCache metadata, Models.ModelCatalog models) : IPlacementDirector
 {
     public Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
     {
@@ -30,17 +30,10 @@ internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.
         {
             silos = gpus;
         }
-        var key = target.GrainIdentity.Key.ToString() ?? "";
-        var index = 0;
-        try
-        {
-            var (_, layer, expert) = ExpertKey.ParseExpert(key);
-            index = (expert + layer) % silos.Length;
-        }
-        catch (UnknownExpertException)
-        {
-        }
-        return Task.FromResult(silos[index]);
+        // Unknown models, layers and experts are refused here, before any activation is created.
+        var (model, layer, expert) = ExpertKey.ParseExpert(target.GrainIdentity.Key.ToString() ?? "");
+        models.Check(model, layer, expert);
+        return Task.FromResult(silos[(expert + layer) % silos.Length]);
     }
 
     private bool IsGpu(SiloAddress silo)

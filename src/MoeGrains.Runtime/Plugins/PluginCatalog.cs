@@ -134,7 +134,7 @@ public sealed class PluginCatalog
                 logger?.LogWarning("Duplicate plugin name {Name} in {File}", name, file);
                 continue;
             }
-            _entries[name] = new PluginEntry(name, kind, type, file, expert?.Description ?? router!.Description);
+            _entries[name] = new PluginEntry(name, kind, type, file, expert is not null ? expert.Description : router!.Description);
         }
     }
 

@@ -1,0 +1,115 @@
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
+using MoeGrains.Contracts;
+using MoeGrains.Hosting;
+using static TorchSharp.torch;
+
+namespace MoeGrains.Client;
+
+/// <summary>How a client reaches a cluster.</summary>
+public sealed class MoeClientOptions
+{
+    /// <summary>Gateway port of a localhost cluster (default 30000), used when <see cref="RedisConnectionString"/> is empty.</summary>
+    public int GatewayPort { get; set; } = 30000;
+
+    /// <summary>Redis membership connection string (for clusters that use Redis clustering).</summary>
+    public string? RedisConnectionString { get; set; }
+
+    public string ClusterId { get; set; } = "moegrains";
+
+    public string ServiceId { get; set; } = "moegrains";
+
+    /// <summary>Largest tensor sent, in bytes: bigger ones are refused before they are sent.</summary>
+    public long MaxTensorBytes { get; set; } = TensorValidation.DEFAULT_MAX_BYTES;
+}
+
+/// <summary>
+/// The client API: run MoE layers and ask about the cluster, either connected to a running cluster
+/// (<see cref="ConnectAsync"/>) or through a silo hosted in this process (<see cref="StartEmbeddedAsync"/>).
+/// </summary>
+public sealed class MoeClient : IAsyncDisposable
+{
+    private readonly IHost? _host;
+    private readonly LocalCluster? _cluster;
+    private readonly long _maxTensorBytes;
+
+    private MoeClient(IGrainFactory grains, long maxTensorBytes, IHost? host, LocalCluster? cluster)
+    {
+        Grains = grains;
+        _maxTensorBytes = maxTensorBytes;
+        _host = host;
+        _cluster = cluster;
+    }
+
+    public IGrainFactory Grains { get; }
+
+    /// <summary>Connects to a running cluster as an external client.</summary>
+    public static async Task<MoeClient> ConnectAsync(MoeClientOptions options, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(options);
+        var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
+        builder.Logging.SetMinimumLevel(LogLevel.Warning);
+        builder.UseOrleansClient(client =>
+        {
+            if (string.IsNullOrWhiteSpace(options.RedisConnectionString))
+            {
+                client.UseLocalhostClustering(options.GatewayPort, options.ServiceId, options.ClusterId);
+            }
+            else
+            {
+                client.Configure<Orleans.Configuration.ClusterOptions>(o => { o.ClusterId = options.ClusterId; o.ServiceId = options.ServiceId; });
+                client.UseRedisClustering(options.RedisConnectionString);
+            }
+            client.Services.Configure<TensorWireOptions>(o => o.MaxTensorBytes = options.MaxTensorBytes);
+        });
+        var host = builder.Build();
+        await host.StartAsync(cancellationToken).ConfigureAwait(false);
+        return new MoeClient(host.Services.GetRequiredService<IClusterClient>(), options.MaxTensorBytes, host, null);
+    }
+
+    /// <summary>Starts <paramref name="silos"/> silos in this process and talks to them through the first.</summary>
+    public static async Task<MoeClient> StartEmbeddedAsync(int silos, Action<int, ISiloBuilder> configure, CancellationToken cancellationToken = default)
+    {
+        var cluster = await LocalCluster.StartAsync(silos, configure, cancellationToken: cancellationToken).ConfigureAwait(false);
+        return new MoeClient(cluster.GrainFactory, TensorValidation.DEFAULT_MAX_BYTES, null, cluster);
+    }
+
+    /// <summary>Runs one MoE layer of <paramref name="model"/> on <paramref name="hidden"/> <c>[tokens, d_model]</c>.</summary>
+    public Task<MoeLayerResult> ForwardLayerAsync(string model, int layer, Tensor hidden, TensorDType wireType = TensorDType.Float32,
+        Func<MoeLayerRequest, MoeLayerRequest>? shape = null, CancellationToken cancellationToken = default)
+    {
+        var request = new MoeLayerRequest(WireTensor.FromTensor(hidden, wireType, _maxTensorBytes));
+        return ForwardLayerAsync(model, layer, shape is null ? request : shape(request), cancellationToken);
+    }
+
+    public Task<MoeLayerResult> ForwardLayerAsync(string model, int layer, MoeLayerRequest request, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(request);
+        if (request.Hidden.Data.Length > _maxTensorBytes)
+        {
+            throw new PayloadTooLargeException(request.Hidden.Data.Length, _maxTensorBytes);
+        }
+        return Grains.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer)).Forward(request, cancellationToken);
+    }
+
+    public Task<SiloDeviceInfo[]> SilosAsync() => Grains.GetGrain<IClusterInfoGrain>(0).Silos();
+
+    public Task<ModelInfo> ModelAsync(string model) => Grains.GetGrain<IClusterInfoGrain>(0).Model(model);
+
+    public Task<ExpertInfo> DescribeExpertAsync(string model, int layer, int expert) =>
+        Grains.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, expert)).Describe();
+
+    public async ValueTask DisposeAsync()
+    {
+        if (_host is not null)
+        {
+            await _host.StopAsync().ConfigureAwait(false);
+            _host.Dispose();
+        }
+        if (_cluster is not null)
+        {
+            await _cluster.DisposeAsync().ConfigureAwait(false);
+        }
+    }
+}
