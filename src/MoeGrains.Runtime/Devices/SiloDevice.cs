@@ -39,6 +39,9 @@ public sealed class SiloDevice
 
     public long MemoryBudgetBytes { get; }
 
+    /// <summary>Where computations on this device queue (shared by the silos of one process).</summary>
+    public DeviceLane Lane => DeviceLane.For(Name);
+
     /// <summary>Half of what the process may use, when no budget is configured.</summary>
     private static long DefaultBudget() => Math.Max(GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 2, 256L * 1024 * 1024);
 

@@ -11,6 +11,20 @@ public sealed record ExpertAnswer(Tensor Output, string Silo, double ComputeMs, 
 /// <summary>Calls one expert with one batch. The in-process and the grain dispatcher each provide one.</summary>
 public delegate Task<ExpertAnswer> ExpertCallAsync(int expert, Tensor batch, CancellationToken cancellationToken);
 
+/// <summary>Where synchronous tensor work runs: inline for the in-process dispatcher, the device thread in a silo.</summary>
+public interface IComputeLane
+{
+    Task<T> RunAsync<T>(Func<T> compute, CancellationToken cancellationToken = default);
+}
+
+/// <summary>Runs tensor work on the calling thread.</summary>
+public sealed class InlineLane : IComputeLane
+{
+    public static readonly InlineLane Instance = new();
+
+    public Task<T> RunAsync<T>(Func<T> compute, CancellationToken cancellationToken = default) => Task.FromResult(compute());
+}
+
 /// <summary>The result of one layer step.</summary>
 public sealed record MoeLayerOutput(Tensor Output, ExpertCall[] Calls, long CrossSiloBytes, int[] FailedExperts) : IDisposable
 {
@@ -24,28 +38,30 @@ public sealed record MoeLayerOutput(Tensor Output, ExpertCall[] Calls, long Cros
 /// </summary>
 public static class MoeLayerRunner
 {
+    // No ConfigureAwait(false): in a grain the expert calls must run in the activation's context.
     public static async Task<MoeLayerOutput> RunAsync(
         Tensor hidden, RoutingResult routing, int numExperts, int outputDim, ExpertCallAsync call,
-        int kMin, TimeSpan expertTimeout, CancellationToken cancellationToken = default)
+        int kMin, TimeSpan expertTimeout, CancellationToken cancellationToken = default, IComputeLane? lane = null)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kMin);
+        lane ??= InlineLane.Instance;
         var tokens = routing.Tokens;
         var groups = ExpertGroup.FromRouting(routing.Experts, routing.Weights, tokens, routing.K, numExperts);
         var calls = new Task<(ExpertAnswer? Answer, string? Error, double Ms)>[groups.Length];
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(expertTimeout);
-        var batches = new List<Tensor>(groups.Length);
+        var batches = await lane.RunAsync(() => groups.Select(g =>
+        {
+            using var idx = tensor(g.Tokens, device: hidden.device);
+            return hidden.index_select(0, idx);
+        }).ToArray(), cancellationToken);
         try
         {
             for (var i = 0; i < groups.Length; i++)
             {
-                var idx = tensor(groups[i].Tokens, device: hidden.device);
-                var batch = hidden.index_select(0, idx);
-                idx.Dispose();
-                batches.Add(batch);
-                calls[i] = Guard(call, groups[i].Expert, batch, expertTimeout, deadline.Token);
+                calls[i] = Guard(call, groups[i].Expert, batches[i], expertTimeout, deadline.Token);
             }
-            await Task.WhenAll(calls).ConfigureAwait(false);
+            await Task.WhenAll(calls);
         }
         finally
         {
@@ -71,7 +87,7 @@ public static class MoeLayerRunner
         }
         try
         {
-            var output = Combine(hidden, routing, groups, calls, failed, outputDim, kMin);
+            var output = await lane.RunAsync(() => Combine(hidden, routing, groups, calls, failed, outputDim, kMin), CancellationToken.None);
             return new MoeLayerOutput(output, records, crossBytes, [.. failed.Order()]);
         }
         finally
@@ -89,7 +105,7 @@ public static class MoeLayerRunner
         var sw = Stopwatch.StartNew();
         try
         {
-            var answer = await call(expert, batch, token).WaitAsync(timeout, token).ConfigureAwait(false);
+            var answer = await call(expert, batch, token).WaitAsync(timeout, token);
             return (answer, null, sw.Elapsed.TotalMilliseconds);
         }
         catch (Exception e) when (e is TimeoutException or OperationCanceledException)

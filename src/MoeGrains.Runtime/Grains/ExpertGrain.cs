@@ -51,7 +51,10 @@ internal sealed partial class ExpertGrain(
         return _expert;
     }
 
-    public Task<ExpertResult> Forward(WireTensor hidden, CancellationToken cancellationToken)
+    public Task<ExpertResult> Forward(WireTensor hidden, CancellationToken cancellationToken) =>
+        device.Lane.RunAsync(() => Compute(hidden, cancellationToken), cancellationToken);
+
+    private ExpertResult Compute(WireTensor hidden, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
         var expert = Ensure();
@@ -82,7 +85,7 @@ internal sealed partial class ExpertGrain(
         var ms = sw.Elapsed.TotalMilliseconds;
         MoeGrainsMetrics.ExpertTokens.Add(hidden.Shape[0]);
         MoeGrainsMetrics.ExpertComputeMs.Record(ms);
-        return Task.FromResult(new ExpertResult(output, RuntimeIdentity, ms));
+        return new ExpertResult(output, RuntimeIdentity, ms);
     }
 
     public Task<ExpertInfo> Describe()

@@ -36,9 +36,11 @@ internal sealed class MoeLayerGrain(ModelCatalog models, SiloDevice device, IOpt
         }
         var available = Routing.Availability(spec.Experts, request.MaskedExperts);
 
-        // No dispose scope here: TorchSharp's scopes are per thread, and this method awaits.
-        using var x = hidden.ToTensor(device.Device);
-        if (!TensorChecks.AllFinite(x))
+        // No dispose scope here: TorchSharp's scopes are per thread, and this method awaits. Tensor work runs on the
+        // device lane's thread.
+        var lane = device.Lane;
+        using var x = await lane.RunAsync(() => hidden.ToTensor(device.Device), cancellationToken);
+        if (!await lane.RunAsync(() => TensorChecks.AllFinite(x), cancellationToken))
         {
             throw new TensorValidationException($"Layer '{this.GetPrimaryKeyString()}' received non-finite values (NaN or Inf).");
         }
@@ -49,16 +51,17 @@ internal sealed class MoeLayerGrain(ModelCatalog models, SiloDevice device, IOpt
         var here = RuntimeIdentity;
         using var result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, batch, ct) =>
         {
-            var payload = WireTensor.FromTensor(batch, wireType, wire.Value.MaxTensorBytes);
+            var payload = await lane.RunAsync(() => WireTensor.FromTensor(batch, wireType, wire.Value.MaxTensorBytes), ct);
             var answer = await GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, e)).Forward(payload, ct);
             var remote = answer.Silo != here;
             var bytes = remote ? payload.WireBytes + answer.Output.WireBytes : 0;
             MoeGrainsMetrics.ExpertCalls.Add(1, new KeyValuePair<string, object?>("remote", remote));
             MoeGrainsMetrics.CrossSiloBytes.Add(bytes);
-            return new ExpertAnswer(answer.Output.ToTensor(device.Device), answer.Silo, answer.ComputeMs, bytes);
-        }, request.KMin, timeout, cancellationToken);
+            var y = await lane.RunAsync(() => answer.Output.ToTensor(device.Device), ct);
+            return new ExpertAnswer(y, answer.Silo, answer.ComputeMs, bytes);
+        }, request.KMin, timeout, cancellationToken, lane);
 
-        var output = WireTensor.FromTensor(result.Output, hidden.DType == TensorDType.Int8 ? TensorDType.Float32 : hidden.DType, wire.Value.MaxTensorBytes);
+        var output = await lane.RunAsync(() => WireTensor.FromTensor(result.Output, hidden.DType == TensorDType.Int8 ? TensorDType.Float32 : hidden.DType, wire.Value.MaxTensorBytes));
         return new MoeLayerResult(output, result.Calls, here, result.CrossSiloBytes, result.Calls.Length, result.FailedExperts);
     }
 }

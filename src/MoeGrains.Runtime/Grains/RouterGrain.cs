@@ -28,10 +28,12 @@ internal sealed class RouterGrain(ModelCatalog models, PluginCatalog plugins, Si
         {
             throw new TensorValidationException($"The availability mask has {available.Length} entries; layer {layer} has {spec.Experts} experts.");
         }
-        using var scope = NewDisposeScope();
-        var x = hidden.ToTensor(device.Device);
         var mask = available is null ? ExpertAvailability.All(spec.Experts) : new ExpertAvailability(available);
-        return Task.FromResult(Routing.Route(instance, x, mask));
+        return device.Lane.RunAsync(() =>
+        {
+            using var scope = NewDisposeScope();
+            return Routing.Route(instance, hidden.ToTensor(device.Device), mask);
+        });
     }
 
     public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)

@@ -27,11 +27,15 @@ public sealed class LocalCluster : IAsyncDisposable
     public IGrainFactory GrainFactory => _silos[0].Services.GetRequiredService<IGrainFactory>();
 
     /// <summary>Starts <paramref name="count"/> silos; <paramref name="configure"/> runs for each (index given).</summary>
-    public static async Task<LocalCluster> StartAsync(int count, Action<int, ISiloBuilder> configure, LogLevel logLevel = LogLevel.Warning, CancellationToken cancellationToken = default)
+    /// <param name="basePorts">Silo and gateway port of the first silo (the next silos take the following ones); free ports when null.</param>
+    public static async Task<LocalCluster> StartAsync(int count, Action<int, ISiloBuilder> configure, LogLevel logLevel = LogLevel.Warning,
+        (int Silo, int Gateway)? basePorts = null, CancellationToken cancellationToken = default)
     {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(count);
-        var cluster = new LocalCluster($"moegrains-{Guid.NewGuid():N}"[..20]);
-        var ports = FreePorts(count * 2);
+        var cluster = new LocalCluster(basePorts is null ? $"moegrains-{Guid.NewGuid():N}"[..20] : "moegrains");
+        var ports = basePorts is { } b
+            ? Enumerable.Range(0, count).SelectMany(i => new[] { b.Silo + i, b.Gateway + i }).ToArray()
+            : FreePorts(count * 2);
         var primary = new IPEndPoint(IPAddress.Loopback, ports[0]);
         cluster.GatewayPort = ports[1];
         try
@@ -40,7 +44,9 @@ public sealed class LocalCluster : IAsyncDisposable
             {
                 var index = i;
                 var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
-                builder.Logging.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(logLevel);
+                builder.Logging.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(logLevel)
+                    .AddFilter("Orleans.Runtime.Silo", LogLevel.Error); // the ServerGC advice is noise for embedded silos
+                builder.Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
                 builder.UseOrleans(silo =>
                 {
                     silo.UseLocalhostClustering(ports[2 * index], ports[2 * index + 1], primary, serviceId: "moegrains", clusterId: cluster.ClusterId);

@@ -1,0 +1,13 @@
+using System.CommandLine;
+using MoeGrains.Cli.Commands;
+
+var root = new RootCommand("moe: run mixture-of-experts models on a Microsoft Orleans cluster")
+{
+    ServeCommands.Serve(),
+    ServeCommands.Silo(),
+    PluginsCommand.Create(),
+    CheckpointCommand.Create(),
+    DemoCommand.Create(),
+    BenchCommands.Create(),
+};
+return await root.Parse(args).InvokeAsync();

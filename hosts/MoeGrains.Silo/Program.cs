@@ -1,0 +1,40 @@
+using MoeGrains.Contracts;
+using MoeGrains.Hosting;
+using MoeGrains.Models;
+using MoeGrains.Plugins;
+
+// A MoeGrains silo: Orleans (localhost or Redis membership), the MoeGrains runtime with its plugin folder and models,
+// and an HTTP API. Configured from appsettings.json, MOEGRAINS_-prefixed environment variables and the command line
+// (for example --Cluster:SiloPort=11112 --MoeGrains:Models:demo=checkpoints/demo.safetensors).
+var builder = WebApplication.CreateBuilder(args);
+builder.Configuration.AddEnvironmentVariables("MOEGRAINS_").AddCommandLine(args);
+builder.UseOrleans(silo => silo.UseMoeGrainsClustering().AddMoeGrains());
+
+var app = builder.Build();
+
+// live: the process answers (cheap, local). ready: plugins loaded without errors and every model's checkpoint valid.
+app.MapGet("/health/live", () => Results.Ok(new { status = "live" }));
+app.MapGet("/health/ready", (PluginCatalog plugins, ModelCatalog models) =>
+{
+    var problems = plugins.Errors.Select(e => e.ToString()).ToList();
+    foreach (var name in models.Names)
+    {
+        try
+        {
+            models.Get(name);
+        }
+        catch (MoeGrainsException e)
+        {
+            problems.Add(e.Message);
+        }
+    }
+    return problems.Count == 0 ? Results.Ok(new { status = "ready" }) : Results.Json(new { status = "not ready", problems }, statusCode: 503);
+});
+app.MapGet("/v1/cluster", async (IGrainFactory grains) => Results.Ok(await grains.GetGrain<IClusterInfoGrain>(0).Silos()));
+app.MapGet("/v1/plugins", (PluginCatalog plugins) => Results.Ok(new
+{
+    plugins = plugins.Entries.Select(e => new { e.Name, kind = e.Kind.ToString(), type = e.Type.FullName, file = e.File, e.Description }),
+    errors = plugins.Errors.Select(e => e.ToString()),
+}));
+
+app.Run();
