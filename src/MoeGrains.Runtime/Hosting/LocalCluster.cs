@@ -45,7 +45,8 @@ public sealed class LocalCluster : IAsyncDisposable
                 var index = i;
                 var builder = Host.CreateApplicationBuilder(new HostApplicationBuilderSettings { DisableDefaults = true });
                 builder.Logging.AddSimpleConsole(o => o.SingleLine = true).SetMinimumLevel(logLevel)
-                    .AddFilter("Orleans.Runtime.Silo", LogLevel.Error); // the ServerGC advice is noise for embedded silos
+                    .AddFilter("Orleans.Runtime.Silo", LogLevel.Error) // the ServerGC advice is noise for embedded silos
+                    .AddFilter("Orleans.Runtime.Watchdog", LogLevel.Error); // so are CPU-starvation notes on a shared 2-core VM
                 builder.Services.Configure<Microsoft.Extensions.Logging.Console.ConsoleLoggerOptions>(o => o.LogToStandardErrorThreshold = LogLevel.Trace);
                 builder.UseOrleans(silo =>
                 {
