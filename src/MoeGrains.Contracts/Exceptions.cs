@@ -80,3 +80,17 @@ public sealed class ExpertFailedException : MoeGrainsException
 
     public ExpertFailedException(string message, Exception inner) : base(message, inner) { }
 }
+
+/// <summary>A queue is full: the request was refused at once, nothing of it was run. Retry later or add capacity.</summary>
+[GenerateSerializer, Alias("moegrains.overloaded")]
+public sealed class OverloadedException : MoeGrainsException
+{
+    public OverloadedException() { }
+
+    public OverloadedException(string message, int limit) : base(message)
+    {
+        Limit = limit;
+    }
+
+    [Id(0)] public int Limit { get; init; }
+}

@@ -53,7 +53,11 @@ public sealed record MoeLayerResult(
     [property: Id(2)] string Silo,
     [property: Id(3)] long CrossSiloBytes,
     [property: Id(4)] int Messages,
-    [property: Id(5)] int[] FailedExperts);
+    [property: Id(5)] int[] FailedExperts)
+{
+    /// <summary>Experts skipped because their circuit breaker was open.</summary>
+    [Id(6)] public int[] BlockedExperts { get; init; } = [];
+}
 
 /// <summary>One expert call of one layer step.</summary>
 [GenerateSerializer, Immutable, Alias("moegrains.ExpertCall")]

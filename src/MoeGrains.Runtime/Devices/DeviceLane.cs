@@ -1,4 +1,5 @@
 using System.Collections.Concurrent;
+using System.Diagnostics;
 
 namespace MoeGrains.Devices;
 
@@ -7,32 +8,76 @@ namespace MoeGrains.Devices;
 /// GPU serialises kernels on its stream), so running experts at once only adds contention; worse, libtorch's OpenMP pool
 /// is per calling thread, so compute hopping across thread-pool threads starts many thread teams that spin against each
 /// other. Silos hosted in one process share the physical device, hence the lane.
+/// A computation that runs longer than <see cref="HungAfter"/> is abandoned to its thread and a fresh worker takes the
+/// queue, so one hung expert does not stall every other expert of the device.
 /// </summary>
 public sealed class DeviceLane : Dispatch.IComputeLane
 {
     private static readonly ConcurrentDictionary<string, DeviceLane> Lanes = new(StringComparer.Ordinal);
     private readonly BlockingCollection<Action> _queue = new();
+    private readonly string _device;
+    private readonly Timer _watchdog;
     private int _waiting;
+    private int _generation;
+    private long _runningSince; // Stopwatch timestamp of the current item, 0 when idle
 
     private DeviceLane(string device)
     {
-        var thread = new Thread(Loop) { IsBackground = true, Name = $"moegrains-device-{device}" };
-        thread.Start();
+        _device = device;
+        StartWorker();
+        _watchdog = new Timer(_ => CheckHung(), null, TimeSpan.FromMilliseconds(50), TimeSpan.FromMilliseconds(50));
     }
 
     /// <summary>The lane of <paramref name="device"/> in this process.</summary>
     public static DeviceLane For(string device) => Lanes.GetOrAdd(device, d => new DeviceLane(d));
 
+    /// <summary>Most computations that may wait or run at once; beyond it <see cref="RunAsync{T}"/> refuses at once.</summary>
+    public int MaxQueued { get; set; } = int.MaxValue;
+
+    /// <summary>A computation running longer than this is left to its thread and a new worker takes the queue (default 30 s).</summary>
+    public TimeSpan HungAfter { get; set; } = TimeSpan.FromSeconds(30);
+
+    /// <summary>Workers abandoned to hung computations so far.</summary>
+    public int AbandonedWorkers { get; private set; }
+
     /// <summary>Computations queued or running right now.</summary>
     public int Waiting => Volatile.Read(ref _waiting);
 
-    public bool IsLaneThread => Thread.CurrentThread.Name?.StartsWith("moegrains-device-", StringComparison.Ordinal) == true;
+    [ThreadStatic]
+    private static DeviceLane? _current;
 
-    private void Loop()
+    public bool IsLaneThread => _current == this;
+
+    private void StartWorker()
     {
+        var generation = Interlocked.Increment(ref _generation);
+        var thread = new Thread(() => Loop(generation)) { IsBackground = true, Name = $"moegrains-device-{_device}-{generation}" };
+        thread.Start();
+    }
+
+    private void Loop(int generation)
+    {
+        _current = this;
         foreach (var work in _queue.GetConsumingEnumerable())
         {
+            Volatile.Write(ref _runningSince, Stopwatch.GetTimestamp());
             work();
+            if (Volatile.Read(ref _generation) != generation)
+            {
+                return; // a newer worker took over while this one was stuck
+            }
+            Volatile.Write(ref _runningSince, 0);
+        }
+    }
+
+    private void CheckHung()
+    {
+        var since = Volatile.Read(ref _runningSince);
+        if (since != 0 && Stopwatch.GetElapsedTime(since) > HungAfter)
+        {
+            Volatile.Write(ref _runningSince, 0);
+            AbandonedWorkers++;
+            StartWorker();
         }
     }
 
@@ -44,7 +89,12 @@ public sealed class DeviceLane : Dispatch.IComputeLane
             return Task.FromResult(compute());
         }
         var done = new TaskCompletionSource<T>(TaskCreationOptions.RunContinuationsAsynchronously);
-        Interlocked.Increment(ref _waiting);
+        if (Interlocked.Increment(ref _waiting) > MaxQueued)
+        {
+            Interlocked.Decrement(ref _waiting);
+            return Task.FromException<T>(new Contracts.OverloadedException(
+                $"The device queue of this silo is full ({MaxQueued} computations waiting or running); request refused.", MaxQueued));
+        }
         _queue.Add(() =>
         {
             try

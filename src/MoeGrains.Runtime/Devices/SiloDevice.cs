@@ -45,7 +45,17 @@ public sealed class SiloDevice
     /// <summary>Half of what the process may use, when no budget is configured.</summary>
     private static long DefaultBudget() => Math.Max(GC.GetGCMemoryInfo().TotalAvailableMemoryBytes / 2, 256L * 1024 * 1024);
 
-    public static SiloDevice FromOptions(MoeGrainsOptions options) => new(options.Device, options.DeviceMemoryBudgetBytes);
+    public static SiloDevice FromOptions(MoeGrainsOptions options)
+    {
+        var device = new SiloDevice(options.Device, options.DeviceMemoryBudgetBytes);
+        device.Lane.MaxQueued = options.MaxQueuedPerSilo;
+        var hungAfter = TimeSpan.FromMilliseconds(Math.Max(1, options.DeviceHungAfterMs));
+        if (hungAfter < device.Lane.HungAfter)
+        {
+            device.Lane.HungAfter = hungAfter;
+        }
+        return device;
+    }
 
     public Dictionary<string, string> Metadata() => new()
     {

@@ -5,6 +5,7 @@ using MoeGrains.Diagnostics;
 using MoeGrains.Dispatch;
 using MoeGrains.Hosting;
 using MoeGrains.Models;
+using MoeGrains.Reliability;
 using Orleans.Concurrency;
 
 namespace MoeGrains.Grains;
@@ -14,7 +15,9 @@ namespace MoeGrains.Grains;
 /// sends each chosen expert grain one batch concurrently with a deadline, and combines the answers.
 /// </summary>
 [StatelessWorker]
-internal sealed class MoeLayerGrain(ModelCatalog models, SiloDevice device, IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire) : Grain, IMoeLayerGrain
+internal sealed class MoeLayerGrain(
+    ModelCatalog models, SiloDevice device, ExpertCircuitBreakers breakers, IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire)
+    : Grain, IMoeLayerGrain
 {
     public async Task<MoeLayerResult> Forward(MoeLayerRequest request, CancellationToken cancellationToken)
     {
@@ -34,7 +37,15 @@ internal sealed class MoeLayerGrain(ModelCatalog models, SiloDevice device, IOpt
         {
             throw new TensorValidationException($"k_min must be between 1 and {spec.Experts}, got {request.KMin}.");
         }
-        var available = Routing.Availability(spec.Experts, request.MaskedExperts);
+        var blocked = breakers.Blocked(model, layer, spec.Experts);
+        var masked = (request.MaskedExperts ?? []).Concat(blocked).ToArray();
+        var available = Routing.Availability(spec.Experts, masked);
+        if (available.AvailableCount == 0)
+        {
+            throw new ExpertQuorumException(
+                $"No expert of layer '{this.GetPrimaryKeyString()}' is available (masked: {string.Join(", ", request.MaskedExperts ?? [])}; breakers open: {string.Join(", ", blocked)}).",
+                [.. blocked]);
+        }
 
         // No dispose scope here: TorchSharp's scopes are per thread, and this method awaits. Tensor work runs on the
         // device lane's thread.
@@ -45,14 +56,28 @@ internal sealed class MoeLayerGrain(ModelCatalog models, SiloDevice device, IOpt
             throw new TensorValidationException($"Layer '{this.GetPrimaryKeyString()}' received non-finite values (NaN or Inf).");
         }
         var routing = await GrainFactory.GetGrain<IRouterGrain>(this.GetPrimaryKeyString())
-            .Route(hidden, request.MaskedExperts is null ? null : [.. available.AsList()], request.Router);
+            .Route(hidden, masked.Length == 0 ? null : [.. available.AsList()], request.Router);
         var wireType = hidden.DType == TensorDType.Int8 ? wire.Value.HiddenDType : hidden.DType;
         var timeout = TimeSpan.FromMilliseconds(request.ExpertTimeoutMs > 0 ? request.ExpertTimeoutMs : options.Value.ExpertTimeoutMs);
         var here = RuntimeIdentity;
         using var result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, batch, ct) =>
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(batch, wireType, wire.Value.MaxTensorBytes), ct);
-            var answer = await GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, e)).Forward(payload, ct);
+            ExpertResult answer;
+            try
+            {
+                answer = await GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, e)).Forward(payload, ct);
+            }
+            catch (OverloadedException)
+            {
+                throw; // a full queue says nothing about the expert's health
+            }
+            catch
+            {
+                breakers.Record(model, layer, e, success: false);
+                throw;
+            }
+            breakers.Record(model, layer, e, success: true);
             var remote = answer.Silo != here;
             var bytes = remote ? payload.WireBytes + answer.Output.WireBytes : 0;
             MoeGrainsMetrics.ExpertCalls.Add(1, new KeyValuePair<string, object?>("remote", remote));
@@ -62,6 +87,6 @@ internal sealed class MoeLayerGrain(ModelCatalog models, SiloDevice device, IOpt
         }, request.KMin, timeout, cancellationToken, lane);
 
         var output = await lane.RunAsync(() => WireTensor.FromTensor(result.Output, hidden.DType == TensorDType.Int8 ? TensorDType.Float32 : hidden.DType, wire.Value.MaxTensorBytes));
-        return new MoeLayerResult(output, result.Calls, here, result.CrossSiloBytes, result.Calls.Length, result.FailedExperts);
+        return new MoeLayerResult(output, result.Calls, here, result.CrossSiloBytes, result.Calls.Length, result.FailedExperts) { BlockedExperts = [.. blocked] };
     }
 }

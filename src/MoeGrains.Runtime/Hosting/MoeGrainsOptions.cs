@@ -25,6 +25,31 @@ public sealed class MoeGrainsOptions
     /// <summary>Least number of each token's chosen experts that must answer (default 1).</summary>
     public int KMin { get; set; } = 1;
 
+    /// <summary>Requests one expert may hold (running and waiting) before refusing more at once (default 64).</summary>
+    public int MaxQueuedPerExpert { get; set; } = 64;
+
+    /// <summary>Computations a silo's device may have queued before refusing more at once (default 1024).</summary>
+    public int MaxQueuedPerSilo { get; set; } = 1024;
+
+    /// <summary>
+    /// A computation running longer than this on the device thread is left to finish on its own thread while a fresh
+    /// thread serves the queue, so a hung expert does not stall the others (default 2 s). Silos sharing a process share
+    /// the device thread, and the smallest setting applies.
+    /// </summary>
+    public int DeviceHungAfterMs { get; set; } = 2000;
+
+    /// <summary>Consecutive failures after which an expert's circuit breaker opens (default 3).</summary>
+    public int BreakerFailureThreshold { get; set; } = 3;
+
+    /// <summary>How long an open breaker skips its expert before one trial call (default 30 s).</summary>
+    public int BreakerCooldownMs { get; set; } = 30_000;
+
+    /// <summary>
+    /// When not empty, the SHA-256 (hex) of every plugin assembly that may be loaded: any other file in the plugin folder,
+    /// dependencies included, is refused before it is loaded. Plugins are code; this pins exactly which code.
+    /// </summary>
+    public List<string> TrustedPluginSha256 { get; set; } = [];
+
     /// <summary>Most tokens one layer request may carry (default 65,536).</summary>
     public int MaxTokensPerRequest { get; set; } = 65_536;
 }

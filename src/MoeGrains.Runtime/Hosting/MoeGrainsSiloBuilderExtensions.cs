@@ -32,6 +32,8 @@ public static class MoeGrainsSiloBuilderExtensions
         builder.Services.AddOptions<TensorWireOptions>().Bind(section.GetSection("Wire"));
         builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<MoeGrainsOptions>, MoeGrainsOptionsValidator>());
         builder.Services.TryAddSingleton<ModelCatalog>();
+        builder.Services.TryAddSingleton(TimeProvider.System);
+        builder.Services.TryAddSingleton<Reliability.ExpertCircuitBreakers>();
         builder.Services.TryAddSingleton(sp =>
         {
             var o = sp.GetRequiredService<IOptions<MoeGrainsOptions>>().Value;
@@ -41,7 +43,7 @@ public static class MoeGrainsSiloBuilderExtensions
         {
             var o = sp.GetRequiredService<IOptions<MoeGrainsOptions>>().Value;
             var logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("MoeGrains.Plugins");
-            var catalog = PluginCatalog.Load(o.PluginFolder, logger);
+            var catalog = PluginCatalog.Load(o.PluginFolder, logger, o.TrustedPluginSha256);
             foreach (var assembly in sp.GetServices<BuiltInPluginAssembly>())
             {
                 catalog.AddAssembly(assembly.Assembly);
@@ -88,6 +90,12 @@ internal sealed class MoeGrainsOptionsValidator : IValidateOptions<MoeGrainsOpti
         if (o.ExpertTimeoutMs is < 1 or > 600_000) errors.Add($"MoeGrains:ExpertTimeoutMs must be 1..600000, got {o.ExpertTimeoutMs}.");
         if (o.KMin is < 1 or > 64) errors.Add($"MoeGrains:KMin must be 1..64, got {o.KMin}.");
         if (o.MaxTokensPerRequest < 1) errors.Add($"MoeGrains:MaxTokensPerRequest must be positive, got {o.MaxTokensPerRequest}.");
+        if (o.MaxQueuedPerExpert < 1) errors.Add($"MoeGrains:MaxQueuedPerExpert must be positive, got {o.MaxQueuedPerExpert}.");
+        if (o.MaxQueuedPerSilo < 1) errors.Add($"MoeGrains:MaxQueuedPerSilo must be positive, got {o.MaxQueuedPerSilo}.");
+        if (o.BreakerFailureThreshold < 1) errors.Add($"MoeGrains:BreakerFailureThreshold must be positive, got {o.BreakerFailureThreshold}.");
+        if (o.BreakerCooldownMs < 0) errors.Add($"MoeGrains:BreakerCooldownMs must not be negative, got {o.BreakerCooldownMs}.");
+        foreach (var hash in o.TrustedPluginSha256)
+            if (!System.Text.RegularExpressions.Regex.IsMatch(hash, "^[0-9a-fA-F]{64}$")) errors.Add($"MoeGrains:TrustedPluginSha256 entry '{hash}' is not a SHA-256 in hex.");
         if (o.DeviceMemoryBudgetBytes < 0) errors.Add("MoeGrains:DeviceMemoryBudgetBytes must not be negative.");
         var device = o.Device.Trim().ToLowerInvariant();
         if (device is not ("auto" or "cpu") && !System.Text.RegularExpressions.Regex.IsMatch(device, "^cuda(:[0-9]+)?$"))

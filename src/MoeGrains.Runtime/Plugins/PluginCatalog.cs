@@ -32,15 +32,17 @@ public sealed class PluginCatalog
 {
     private readonly Dictionary<string, PluginEntry> _entries = new(StringComparer.OrdinalIgnoreCase);
     private readonly List<PluginLoadError> _errors = [];
+    private PluginTrust? _trust;
 
     public IReadOnlyCollection<PluginEntry> Entries => _entries.Values;
 
     public IReadOnlyList<PluginLoadError> Errors => _errors;
 
     /// <summary>Loads the plugins of <paramref name="folder"/>; a missing folder is an empty catalog with one error.</summary>
-    public static PluginCatalog Load(string folder, ILogger? logger = null)
+    /// <param name="trustedSha256">When not empty, only files whose SHA-256 (hex) is listed are loaded; others are refused before loading.</param>
+    public static PluginCatalog Load(string folder, ILogger? logger = null, IReadOnlyCollection<string>? trustedSha256 = null)
     {
-        var catalog = new PluginCatalog();
+        var catalog = new PluginCatalog { _trust = PluginTrust.Create(trustedSha256) };
         var full = Path.GetFullPath(folder);
         if (!Directory.Exists(full))
         {
@@ -78,15 +80,21 @@ public sealed class PluginCatalog
         {
             return;
         }
-        var context = new PluginLoadContext(mainPath);
+        var context = new PluginLoadContext(mainPath, _trust);
         foreach (var file in files)
         {
+            if (_trust is not null && !_trust.IsTrusted(file, out var hash))
+            {
+                _errors.Add(new PluginLoadError(file, null, $"refused: its SHA-256 {hash} is not in MoeGrains:TrustedPluginSha256"));
+                logger?.LogWarning("Plugin file {File} refused: SHA-256 {Hash} is not trusted", file, hash);
+                continue;
+            }
             Assembly assembly;
             try
             {
                 assembly = context.LoadFromAssemblyPath(file);
             }
-            catch (Exception e) when (e is BadImageFormatException or FileLoadException or FileNotFoundException)
+            catch (Exception e) when (e is BadImageFormatException or FileLoadException or FileNotFoundException or UntrustedPluginException)
             {
                 _errors.Add(new PluginLoadError(file, null, $"not a loadable .NET assembly ({e.GetType().Name}: {e.Message})"));
                 logger?.LogWarning("Plugin file {File} is not a loadable assembly: {Message}", file, e.Message);

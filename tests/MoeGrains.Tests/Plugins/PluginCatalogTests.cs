@@ -78,3 +78,17 @@ public sealed class PluginCatalogTests
         Assert.Contains("does not exist", Assert.Single(missing.Errors).Message);
     }
 }
+
+public sealed class PluginTrustTests
+{
+    [Fact]
+    public void Only_files_in_the_sha256_allow_list_are_loaded()
+    {
+        var good = Path.Combine(TestPaths.TestPlugins, "MoeGrains.TestPlugins.Good", "MoeGrains.TestPlugins.Good.dll");
+        var hash = Convert.ToHexStringLower(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(good)));
+        var catalog = PluginCatalog.Load(TestPaths.TestPlugins, trustedSha256: [hash]);
+        Assert.Contains(catalog.Entries, e => e.Name == "test-scale" && e.Type.Name == "ScaleExpert");
+        Assert.DoesNotContain(catalog.Entries, e => e.Name.StartsWith("bad-", StringComparison.Ordinal));
+        Assert.Contains(catalog.Errors, e => e.File.EndsWith("MoeGrains.TestPlugins.Bad.dll", StringComparison.Ordinal) && e.Message.Contains("not in MoeGrains:TrustedPluginSha256"));
+    }
+}
