@@ -9,5 +9,6 @@ var root = new RootCommand("moe: run mixture-of-experts models on a Microsoft Or
     CheckpointCommand.Create(),
     DemoCommand.Create(),
     BenchCommands.Create(),
+    PlaceCommand.Create(),
 };
 return await root.Parse(args).InvokeAsync();

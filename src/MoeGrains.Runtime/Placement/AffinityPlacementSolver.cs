@@ -37,9 +37,11 @@ public sealed class AffinityPlacementOptions
 /// <param name="Method"><c>cp-sat</c> when CP-SAT's plan was kept, <c>local-search</c> when the heuristic's was (too large, or no better).</param>
 /// <param name="Optimal">CP-SAT proved that no balanced, in-budget plan crosses silos less.</param>
 /// <param name="LowerBound">No feasible plan crosses less than this fraction (CP-SAT's bound; 0 when CP-SAT did not run).</param>
+/// <param name="Seconds">The whole solve, up to the time limit unless CP-SAT proved optimality sooner.</param>
+/// <param name="BestFoundSeconds">When the returned plan (or one as good) was first found.</param>
 /// <param name="HeuristicCrossFraction">The local search's own result, the warm start CP-SAT began from.</param>
 public sealed record PlacementSolution(PlacementPlan Plan, double CrossFraction, string Method, bool Optimal, double LowerBound, double Seconds,
-    double HeuristicCrossFraction, int Variables);
+    double BestFoundSeconds, double HeuristicCrossFraction, int Variables);
 
 /// <summary>
 /// ExFlow's placement as a CP-SAT model: a Boolean <c>x[n,c]</c> per (layer, expert) node and silo, exactly one silo per
@@ -67,15 +69,16 @@ public static class AffinityPlacementSolver
         var searchTime = TimeSpan.FromSeconds(exact ? Math.Min(1, options.TimeLimitSeconds / 5) : options.TimeLimitSeconds);
         var heuristic = AffinityLocalSearch.Solve(problem, [options.Hint, problem.RoundRobin()], searchTime, options.LocalSearchRestarts, options.Seed, cancellationToken);
         var heuristicCross = heuristic is null ? double.NaN : problem.CrossFraction(heuristic);
+        var heuristicSeconds = clock.Elapsed.TotalSeconds;
         if (!exact)
         {
             return heuristic is null
                 ? throw new PlacementInfeasibleException($"No balanced plan within the memory budgets was found for {problem.Nodes} experts on {problem.Silos} silos.")
-                : new PlacementSolution(heuristic, heuristicCross, "local-search", false, 0, clock.Elapsed.TotalSeconds, heuristicCross, variables);
+                : new PlacementSolution(heuristic, heuristicCross, "local-search", false, 0, clock.Elapsed.TotalSeconds, heuristicSeconds, heuristicCross, variables);
         }
 
         var left = Math.Max(0.05, options.TimeLimitSeconds - clock.Elapsed.TotalSeconds);
-        var (plan, status, bound) = SolveExact(problem, heuristic, left, options, cancellationToken);
+        var (plan, status, bound, foundAt) = SolveExact(problem, heuristic, left, options, clock, cancellationToken);
         if (status == CpSolverStatus.Infeasible)
         {
             throw new PlacementInfeasibleException(Infeasible(problem));
@@ -91,12 +94,14 @@ public static class AffinityPlacementSolver
             throw new PlacementInfeasibleException($"Neither CP-SAT ({status}) nor the local search found a feasible plan within {options.TimeLimitSeconds} s.");
         }
         var useExact = plan is not null && (heuristic is null || exactCross <= heuristicCross);
+        // CP-SAT starts from the heuristic's plan: when it only matched it, the plan was found by the heuristic.
+        var matched = heuristic is not null && exactCross >= heuristicCross - 1e-12;
         return new PlacementSolution(useExact ? plan! : heuristic!, useExact ? exactCross : heuristicCross, useExact ? "cp-sat" : "local-search",
-            optimal, Math.Max(0, bound), clock.Elapsed.TotalSeconds, heuristicCross, variables);
+            optimal, Math.Max(0, bound), clock.Elapsed.TotalSeconds, matched ? heuristicSeconds : foundAt, heuristicCross, variables);
     }
 
-    private static (PlacementPlan? Plan, CpSolverStatus Status, double Bound) SolveExact(PlacementProblem p, PlacementPlan? hint, double seconds,
-        AffinityPlacementOptions options, CancellationToken cancellationToken)
+    private static (PlacementPlan? Plan, CpSolverStatus Status, double Bound, double FoundAt) SolveExact(PlacementProblem p, PlacementPlan? hint,
+        double seconds, AffinityPlacementOptions options, Stopwatch clock, CancellationToken cancellationToken)
     {
         var (experts, silos) = (p.Experts, p.Silos);
         var model = new CpModel();
@@ -164,10 +169,11 @@ public static class AffinityPlacementSolver
                 $"max_time_in_seconds:{seconds:R},num_workers:{(options.Workers > 0 ? options.Workers : Math.Clamp(Environment.ProcessorCount, 1, 8))},random_seed:{options.Seed}"),
         };
         using var stop = cancellationToken.Register(solver.StopSearch);
-        var status = solver.Solve(model);
+        var progress = new Progress(clock);
+        var status = solver.Solve(model, progress);
         if (status is not (CpSolverStatus.Optimal or CpSolverStatus.Feasible))
         {
-            return (null, status, 0);
+            return (null, status, 0, 0);
         }
         var assignment = new int[p.Nodes];
         for (var n = 0; n < p.Nodes; n++)
@@ -178,7 +184,24 @@ public static class AffinityPlacementSolver
             }
         }
         var total = weights.Sum();
-        return (new PlacementPlan(p.Layers, experts, silos, assignment), status, total > 0 ? solver.BestObjectiveBound / total : 0);
+        return (new PlacementPlan(p.Layers, experts, silos, assignment), status, total > 0 ? solver.BestObjectiveBound / total : 0, progress.BestAt);
+    }
+
+    /// <summary>Notes when CP-SAT last improved its plan.</summary>
+    private sealed class Progress(Stopwatch clock) : CpSolverSolutionCallback
+    {
+        private double _best = double.PositiveInfinity;
+
+        public double BestAt { get; private set; }
+
+        public override void OnSolutionCallback()
+        {
+            var objective = ObjectiveValue();
+            if (objective < _best)
+            {
+                (_best, BestAt) = (objective, clock.Elapsed.TotalSeconds);
+            }
+        }
     }
 
     /// <summary>Transition weights as CP-SAT integers: exact when they are whole numbers of moderate size, else scaled to 10^6.</summary>

@@ -12,6 +12,10 @@ public sealed class PlacementProblem
     {
         ArgumentNullException.ThrowIfNull(trace);
         ArgumentOutOfRangeException.ThrowIfLessThan(silos, 1);
+        if (trace.Transitions.Count == 0)
+        {
+            throw new ArgumentException("The trace has no layer-to-layer transitions to place by.", nameof(trace));
+        }
         Trace = trace;
         Silos = silos;
         Layers = [.. trace.Layers];
