@@ -114,7 +114,7 @@ internal static class PlaceCommand
     }
 
     internal sealed record PlaceReport(string Trace, RoutingTraceFilter Filter, PlacementProblem Problem, double RoundRobin, double Random,
-        double RandomSampled, int RandomSamples, PlacementSolution Solution, double RoundRobinSeconds, double? Exact, double ExactSeconds)
+        double RandomSampled, int RandomSamples, PlacementSolution Solution, double RoundRobinSeconds, double? Exact, double ExactSeconds, int MaxExactVariables)
     {
         public object Json() => new Dictionary<string, object?>
         {
@@ -135,6 +135,7 @@ internal static class PlaceCommand
             ["solve_seconds"] = Math.Round(Solution.Seconds, 3),
             ["best_found_seconds"] = Math.Round(Solution.BestFoundSeconds, 3),
             ["method"] = Solution.Method,
+            ["cp_sat_ran"] = Solution.Variables <= MaxExactVariables,
             ["optimal"] = Solution.Optimal,
             ["lower_bound"] = Round(Solution.LowerBound),
             ["local_search"] = Round(Solution.HeuristicCrossFraction),
@@ -164,7 +165,7 @@ internal static class PlaceCommand
         clock.Restart();
         var exact = ChainPlacementOptimum.TrySolve(problem);
         return new PlaceReport(trace, filter, problem, roundRobin, problem.ExpectedRandomCrossFraction(), sampled, samples, solution, roundRobinSeconds,
-            exact is null ? null : problem.CrossFraction(exact), clock.Elapsed.TotalSeconds);
+            exact is null ? null : problem.CrossFraction(exact), clock.Elapsed.TotalSeconds, options.MaxExactVariables);
     }
 
     private static void Print(PlaceReport r)
@@ -175,7 +176,8 @@ internal static class PlaceCommand
         table.AddRow("round-robin", $"{r.RoundRobin:F4}", $"{1 - r.RoundRobin / r.Random:P1}", $"{r.RoundRobinSeconds:F3}");
         table.AddRow(r.RandomSamples > 0 ? $"random (exact; {r.RandomSamples} samples: {r.RandomSampled:F4})" : "random (exact)", $"{r.Random:F4}", "-", "-");
         var s = r.Solution;
-        var status = s.Method == "cp-sat" ? (s.Optimal ? "cp-sat, optimal" : $"cp-sat, bound {s.LowerBound:F4}") : "local search";
+        var exactRan = s.Variables <= r.MaxExactVariables;
+        var status = s.Method + (s.Optimal ? ", proven optimal" : exactRan ? $", cp-sat bound {s.LowerBound:F4}" : ", cp-sat skipped (too large)");
         table.AddRow($"solver ({status}; best found at {s.BestFoundSeconds:F3} s)", $"{s.CrossFraction:F4}", $"{r.Reduction(r.Random):P1}", $"{s.Seconds:F3}");
         if (r.Exact is { } exact)
         {
