@@ -20,6 +20,9 @@ public sealed class MoeClientOptions
 
     public string ServiceId { get; set; } = "moegrains";
 
+    /// <summary>How long a call may take before it fails with a timeout (Orleans' default 30000 ms).</summary>
+    public int? ResponseTimeoutMs { get; set; }
+
     /// <summary>Largest tensor sent, in bytes: bigger ones are refused before they are sent.</summary>
     public long MaxTensorBytes { get; set; } = TensorValidation.DEFAULT_MAX_BYTES;
 }
@@ -62,6 +65,10 @@ public sealed class MoeClient : IAsyncDisposable
                 client.UseRedisClustering(options.RedisConnectionString);
             }
             client.Services.Configure<TensorWireOptions>(o => o.MaxTensorBytes = options.MaxTensorBytes);
+            if (options.ResponseTimeoutMs is { } timeout)
+            {
+                client.Configure<Orleans.Configuration.ClientMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromMilliseconds(timeout));
+            }
         });
         var host = builder.Build();
         await host.StartAsync(cancellationToken).ConfigureAwait(false);

@@ -76,9 +76,13 @@ internal static class ServeCommands
         var gatewayPort = new Option<int>("--gateway-port") { DefaultValueFactory = _ => 30000 };
         var primaryPort = new Option<int?>("--primary-port") { Description = "Silo port of the primary silo (localhost clustering)" };
         var clusterId = new Option<string>("--cluster-id") { DefaultValueFactory = _ => "moegrains" };
-        var command = new Command("silo", "Run one silo in this process until Ctrl+C (used by serve --processes)")
+        var probe = new Option<int?>("--probe-timeout-ms") { Description = "Membership probe timeout (Orleans default 5000)" };
+        var response = new Option<int?>("--response-timeout-ms") { Description = "Grain call timeout (Orleans default 30000)" };
+        var expertTimeout = new Option<int>("--expert-timeout-ms") { Description = "Expert deadline", DefaultValueFactory = _ => MoeGrainsOptions.DEFAULT_EXPERT_TIMEOUT_MS };
+        var breakerCooldown = new Option<int>("--breaker-cooldown-ms") { Description = "How long an open circuit breaker skips its expert", DefaultValueFactory = _ => 30_000 };
+        var command = new Command("silo", "Run one silo in this process until Ctrl+C or SIGTERM (used by serve --processes)")
         {
-            siloPort, gatewayPort, primaryPort, clusterId, Models, Device, PluginFolder, Redis,
+            siloPort, gatewayPort, primaryPort, clusterId, probe, response, expertTimeout, breakerCooldown, Models, Device, PluginFolder, Redis,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -95,8 +99,15 @@ internal static class ServeCommands
                     SiloPort = parse.GetValue(siloPort),
                     GatewayPort = parse.GetValue(gatewayPort),
                     PrimarySiloPort = parse.GetValue(primaryPort),
+                    ProbeTimeoutMs = parse.GetValue(probe),
+                    ResponseTimeoutMs = parse.GetValue(response),
                 })
-                .AddMoeGrains(o => Configure(o, models, parse.GetValue(Device)!, parse.GetValue(PluginFolder)!)));
+                .AddMoeGrains(o =>
+                {
+                    Configure(o, models, parse.GetValue(Device)!, parse.GetValue(PluginFolder)!);
+                    o.ExpertTimeoutMs = parse.GetValue(expertTimeout);
+                    o.BreakerCooldownMs = parse.GetValue(breakerCooldown);
+                }));
             using var host = builder.Build();
             await host.StartAsync(ct);
             Console.WriteLine($"silo ready: silo port {parse.GetValue(siloPort)}, gateway port {parse.GetValue(gatewayPort)}, pid {Environment.ProcessId}");

@@ -28,6 +28,12 @@ public sealed class MoeClusterOptions
 
     /// <summary>Silo port of the primary silo, for <c>localhost</c> clustering of several processes (default: this silo's).</summary>
     public int? PrimarySiloPort { get; set; }
+
+    /// <summary>Membership probe timeout in milliseconds (Orleans' default 5000; 1000 declares a dead silo in about 17 s).</summary>
+    public int? ProbeTimeoutMs { get; set; }
+
+    /// <summary>How long a grain call may take before it fails with a timeout (Orleans' default 30000).</summary>
+    public int? ResponseTimeoutMs { get; set; }
 }
 
 public static class MoeClusterSiloBuilderExtensions
@@ -53,6 +59,14 @@ public static class MoeClusterSiloBuilderExtensions
                 break;
             default:
                 throw new InvalidOperationException($"Cluster:Clustering must be 'localhost' or 'redis', got '{options.Clustering}'.");
+        }
+        if (options.ProbeTimeoutMs is { } probe)
+        {
+            builder.Configure<ClusterMembershipOptions>(o => o.ProbeTimeout = TimeSpan.FromMilliseconds(probe));
+        }
+        if (options.ResponseTimeoutMs is { } response)
+        {
+            builder.Configure<SiloMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromMilliseconds(response));
         }
         return builder;
     }
