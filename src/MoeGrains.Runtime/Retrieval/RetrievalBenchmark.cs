@@ -1,0 +1,229 @@
+using static TorchSharp.torch;
+
+namespace MoeGrains.Retrieval;
+
+/// <summary>Settings of <see cref="RetrievalBenchmark"/>.</summary>
+public sealed class RetrievalBenchmarkOptions
+{
+    public const int DEFAULT_FOLDS = 2;
+    public const int DEFAULT_SEED = 42;
+    public const int DEFAULT_DEPTH = 100;
+
+    /// <summary>Cross-validation folds for the routers: each query is routed by pilots built from the other folds only.</summary>
+    public int Folds { get; set; } = DEFAULT_FOLDS;
+
+    /// <summary>Seed of the shuffle that assigns queries to folds.</summary>
+    public int Seed { get; set; } = DEFAULT_SEED;
+
+    /// <summary>Documents retrieved per query (recall is measured at this depth).</summary>
+    public int Depth { get; set; } = DEFAULT_DEPTH;
+
+    /// <summary>The embedding expert whose query embeddings the routers compare with the pilots (RouterRetriever's base encoder).</summary>
+    public string RouterEncoder { get; set; } = "minilm";
+
+    /// <summary>Where document and query embeddings are cached; <c>null</c>: no cache.</summary>
+    public EmbeddingCache? Cache { get; set; }
+
+    /// <summary>Names settings that change the embeddings (part of the cache key).</summary>
+    public string EmbeddingVariant { get; set; } = "";
+}
+
+/// <summary>nDCG@10 and recall@100 of one system, on one collection or averaged.</summary>
+public sealed record SystemScore(string Name, double NdcgAt10, double RecallAt100);
+
+/// <summary>The scores of every system on one collection.</summary>
+public sealed record CollectionScores(string Name, int Documents, int Queries, IReadOnlyList<SystemScore> Systems);
+
+/// <summary>What <see cref="RetrievalBenchmark.Run"/> measured: per collection, the macro average, and how the routers were trained.</summary>
+public sealed record RetrievalReport(IReadOnlyList<CollectionScores> Collections, IReadOnlyList<SystemScore> Macro, string Split,
+    IReadOnlyDictionary<string, IReadOnlyDictionary<string, int>> RouterChoices);
+
+/// <summary>
+/// Every single expert, uniform score fusion, the pilot-embedding router (both matchings) and the per-query oracle, on
+/// each collection's judged queries. The routers are trained by cross-validation over all collections at once: the
+/// judged queries of each collection are shuffled (fixed seed) and dealt into folds; the queries of fold f are routed by
+/// pilots built from the other folds of every collection, so no query is ever routed by pilots that saw it.
+/// </summary>
+public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExpert Expert)> experts, RetrievalBenchmarkOptions? options = null)
+{
+    public const string Fusion = "fusion";
+    public const string RouterNearest = "router-nearest-pilot";
+    public const string RouterMean = "router-mean-similarity";
+    public const string Oracle = "oracle";
+
+    private readonly RetrievalBenchmarkOptions _options = options ?? new RetrievalBenchmarkOptions();
+
+    /// <summary>The run of one expert on one query: ranked document ids and scores, and its metrics.</summary>
+    private sealed record ExpertRun(string[] Documents, float[] Scores, double Ndcg, double Recall);
+
+    private sealed record QueryRuns(string Collection, string Query, IReadOnlySet<string> Relevant, ExpertRun[] Experts, float[]? RouterEmbedding);
+
+    public RetrievalReport Run(IReadOnlyList<RetrievalCollection> collections, Action<string>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(collections);
+        if (experts.Count == 0)
+        {
+            throw new ArgumentException("The benchmark needs at least one expert.");
+        }
+        if (_options.Folds < 2)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), "Cross-validation needs at least 2 folds.");
+        }
+        var routerIndex = experts.ToList().FindIndex(e => e.Name.Equals(_options.RouterEncoder, StringComparison.OrdinalIgnoreCase));
+        var canRoute = routerIndex >= 0 && experts[routerIndex].Expert.Descriptor.OutputDim > 0;
+        if (!canRoute)
+        {
+            progress?.Invoke($"no embedding expert named '{_options.RouterEncoder}' among the experts: the routers are left out");
+        }
+        var perCollection = collections.Select(c => RunExperts(c, canRoute ? routerIndex : -1, progress)).ToList();
+
+        // Routers: one cross-validated pass over all collections at once.
+        var nearest = new Dictionary<(string, string), int>();
+        var mean = new Dictionary<(string, string), int>();
+        if (canRoute)
+        {
+            var folds = new Dictionary<(string, string), int>();
+            foreach (var runs in perCollection)
+            {
+                var shuffled = runs.Select(r => r.Query).ToArray();
+                new Random(_options.Seed).Shuffle(shuffled);
+                for (var i = 0; i < shuffled.Length; i++)
+                {
+                    folds[(runs.Count > 0 ? runs[0].Collection : "", shuffled[i])] = i % _options.Folds;
+                }
+            }
+            var all = perCollection.SelectMany(r => r).ToList();
+            for (var fold = 0; fold < _options.Folds; fold++)
+            {
+                foreach (var (match, choices) in new[] { (PilotMatch.NearestPilot, nearest), (PilotMatch.MeanSimilarity, mean) })
+                {
+                    var router = new PilotEmbeddingRouter([.. experts.Select(e => e.Name)], match);
+                    foreach (var q in all.Where(q => folds[(q.Collection, q.Query)] != fold))
+                    {
+                        router.AddTrainingQuery(q.Collection, q.RouterEmbedding!, [.. q.Experts.Select(r => r.Ndcg)]);
+                    }
+                    router.Fit();
+                    var test = all.Where(q => folds[(q.Collection, q.Query)] == fold).ToList();
+                    if (test.Count == 0)
+                    {
+                        continue;
+                    }
+                    using var embeddings = stack([.. test.Select(q => tensor(q.RouterEmbedding!))]);
+                    var routed = router.Route(embeddings);
+                    for (var i = 0; i < test.Count; i++)
+                    {
+                        choices[(test[i].Collection, test[i].Query)] = routed[i];
+                    }
+                }
+            }
+        }
+
+        var reports = new List<CollectionScores>();
+        var routerChoices = new Dictionary<string, IReadOnlyDictionary<string, int>>();
+        for (var c = 0; c < collections.Count; c++)
+        {
+            var runs = perCollection[c];
+            var systems = new List<SystemScore>();
+            for (var e = 0; e < experts.Count; e++)
+            {
+                systems.Add(Average(experts[e].Name, runs.Select(r => r.Experts[e])));
+            }
+            if (experts.Count > 1)
+            {
+                systems.Add(Average(Fusion, runs.Select(FuseUniform)));
+            }
+            if (canRoute)
+            {
+                systems.Add(Average(RouterNearest, runs.Select(r => r.Experts[nearest[(r.Collection, r.Query)]])));
+                systems.Add(Average(RouterMean, runs.Select(r => r.Experts[mean[(r.Collection, r.Query)]])));
+                routerChoices[collections[c].Name] = experts.Select((e, i) => (e.Name, Count: runs.Count(r => nearest[(r.Collection, r.Query)] == i)))
+                    .ToDictionary(p => p.Name, p => p.Count);
+            }
+            systems.Add(Average(Oracle, runs.Select(r => r.Experts.MaxBy(x => x.Ndcg)!)));
+            reports.Add(new CollectionScores(collections[c].Name, collections[c].Documents.Count, runs.Count, systems));
+        }
+        var macro = reports.Count == 0 ? [] : reports[0].Systems.Select((s, i) =>
+            new SystemScore(s.Name, reports.Average(r => r.Systems[i].NdcgAt10), reports.Average(r => r.Systems[i].RecallAt100))).ToList();
+        var split = canRoute
+            ? $"{_options.Folds}-fold cross-validation over the judged queries of each collection (shuffled with seed {_options.Seed}); pilots from the other folds of all collections, base encoder {experts[routerIndex].Name}"
+            : "no router";
+        return new RetrievalReport(reports, macro, split, routerChoices);
+    }
+
+    private List<QueryRuns> RunExperts(RetrievalCollection collection, int routerIndex, Action<string>? progress)
+    {
+        var documents = collection.Documents.Select(d => d.FullText).ToList();
+        var queries = collection.JudgedQueries;
+        var queryTexts = queries.Select(q => q.Text).ToList();
+        var runs = new ExpertRun[experts.Count][];
+        float[][]? routerEmbeddings = null;
+        for (var e = 0; e < experts.Count; e++)
+        {
+            var (name, expert) = experts[e];
+            progress?.Invoke($"{collection.Name}: {name} on {documents.Count} documents, {queries.Count} queries");
+            SearchHits[] hits;
+            if (expert.Descriptor.OutputDim > 0)
+            {
+                using var scope = NewDisposeScope();
+                var docEmbeddings = Encode(expert, collection.Name, documents, EncodeRole.Document, progress);
+                var queryEmbeddings = Encode(expert, collection.Name, queryTexts, EncodeRole.Query, progress);
+                using var index = new ExactIndex(expert, docEmbeddings);
+                hits = index.SearchEmbeddings(queryEmbeddings, _options.Depth);
+                if (e == routerIndex)
+                {
+                    routerEmbeddings = [.. Enumerable.Range(0, queries.Count).Select(i => queryEmbeddings[i].data<float>().ToArray())];
+                }
+            }
+            else
+            {
+                using var index = expert.Index(documents);
+                hits = index.Search(queryTexts, _options.Depth);
+            }
+            runs[e] = [.. hits.Select((h, i) => Score(collection, queries[i], h))];
+        }
+        return [.. queries.Select((q, i) => new QueryRuns(collection.Name, q.Id, collection.Relevant[q.Id],
+            [.. runs.Select(r => r[i])], routerEmbeddings?[i]))];
+    }
+
+    private Tensor Encode(IRetrieverExpert expert, string scope, IReadOnlyList<string> texts, EncodeRole role, Action<string>? progress) =>
+        _options.Cache is { } cache
+            ? cache.GetOrEncode(expert, scope, _options.EmbeddingVariant, texts, role, progress)
+            : expert.Encode(texts, role);
+
+    private static ExpertRun Score(RetrievalCollection collection, RetrievalQuery query, SearchHits hits)
+    {
+        var ids = hits.Documents.Select(d => collection.Documents[d].Id).ToArray();
+        return MakeRun(ids, hits.Scores, collection.Relevant[query.Id]);
+    }
+
+    private static ExpertRun MakeRun(string[] ids, float[] scores, IReadOnlySet<string> relevant) =>
+        new(ids, scores, RetrievalMetrics.NdcgAt(ids, relevant, 10), RetrievalMetrics.RecallAt(ids, relevant, 100));
+
+    /// <summary>Uniform score fusion: each expert's scores min-max normalised over its own list, then summed.</summary>
+    private ExpertRun FuseUniform(QueryRuns query)
+    {
+        var fused = new Dictionary<string, float>(StringComparer.Ordinal);
+        foreach (var run in query.Experts)
+        {
+            if (run.Scores.Length == 0)
+            {
+                continue;
+            }
+            var (min, max) = (run.Scores.Min(), run.Scores.Max());
+            var range = max - min;
+            for (var i = 0; i < run.Documents.Length; i++)
+            {
+                var normalised = range > 0 ? (run.Scores[i] - min) / range : 1f;
+                fused[run.Documents[i]] = fused.GetValueOrDefault(run.Documents[i]) + normalised;
+            }
+        }
+        var ranked = fused.OrderByDescending(p => p.Value).ThenBy(p => p.Key, StringComparer.Ordinal).Take(_options.Depth).ToArray();
+        return MakeRun([.. ranked.Select(p => p.Key)], [.. ranked.Select(p => p.Value)], query.Relevant);
+    }
+
+    private static SystemScore Average(string name, IEnumerable<ExpertRun> runs)
+    {
+        var list = runs.ToList();
+        return list.Count == 0 ? new SystemScore(name, 0, 0) : new SystemScore(name, list.Average(r => r.Ndcg), list.Average(r => r.Recall));
+    }
+}
