@@ -17,10 +17,12 @@ public sealed class ExpertPlacementAttribute() : PlacementAttribute(ExpertPlacem
 
 /// <summary>
 /// Chooses a silo for an expert: silos sorted by address (so every silo computes the same answer), GPU silos first
-/// when any are present, then expert <c>e</c> of layer <c>l</c> goes to silo <c>(e + l) mod n</c>. Keys that are not
-/// expert keys, and keys naming a model, layer or expert that does not exist, are refused before any activation.
+/// when any are present, then the silo the current plan names (<see cref="IExpertPlacementPlans"/>, when one is
+/// registered and covers the expert), else expert <c>e</c> of layer <c>l</c> goes to silo <c>(e + l) mod n</c>. Keys that
+/// are not expert keys, and keys naming a model, layer or expert that does not exist, are refused before any activation.
 /// </summary>
-internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.SiloMetadata.ISiloMetadataCache metadata, Models.ModelCatalog models) : IPlacementDirector
+internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.SiloMetadata.ISiloMetadataCache metadata, Models.ModelCatalog models,
+    IExpertPlacementPlans? plans = null) : IPlacementDirector
 {
     public Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
     {
@@ -33,7 +35,8 @@ internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.
         // Unknown models, layers and experts are refused here, before any activation is created.
         var (model, layer, expert) = ExpertKey.ParseExpert(target.GrainIdentity.Key.ToString() ?? "");
         models.Check(model, layer, expert);
-        return Task.FromResult(silos[(expert + layer) % silos.Length]);
+        var planned = plans?.SiloIndex(model, layer, expert, silos.Length);
+        return Task.FromResult(silos[planned is int i && i >= 0 && i < silos.Length ? i : (expert + layer) % silos.Length]);
     }
 
     private bool IsGpu(SiloAddress silo)
