@@ -1,0 +1,26 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace MoeGrains.Plugins.Mixtral;
+
+/// <summary>Root-mean-square layer norm (Mixtral's <c>MixtralRMSNorm</c>): <c>weight ⊙ x / sqrt(mean(x²) + eps)</c>.</summary>
+public sealed class RmsNorm : nn.Module<Tensor, Tensor>
+{
+    private readonly Parameter weight;
+    private readonly double _eps;
+
+    public RmsNorm(long size, double eps) : base(nameof(RmsNorm))
+    {
+        weight = new Parameter(ones(size));
+        _eps = eps;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        using var scope = NewDisposeScope();
+        var variance = x.pow(2).mean([-1], keepdim: true);
+        return x.mul(variance.add_(_eps).rsqrt_()).mul(weight).MoveToOuterDisposeScope();
+    }
+}

@@ -1,0 +1,34 @@
+using System.Text.Json;
+
+namespace MoeGrains.Plugins.Mixtral.Tokenizers;
+
+/// <summary>Creates tokenizers by name and rebuilds a checkpoint's tokenizer from its metadata.</summary>
+public static class TextTokenizers
+{
+    public static readonly string[] Names = [CharTokenizer.TokenizerName, Gpt2Tokenizer.TokenizerName];
+
+    /// <summary>A tokenizer for training on <paramref name="text"/>: <c>char</c> (vocabulary from the text) or <c>gpt2</c>.</summary>
+    public static ITextTokenizer ForTraining(string name, string text) => name.Trim().ToLowerInvariant() switch
+    {
+        CharTokenizer.TokenizerName => CharTokenizer.FromText(text),
+        Gpt2Tokenizer.TokenizerName or "bpe" => new Gpt2Tokenizer(),
+        _ => throw new ArgumentException($"Unknown tokenizer '{name}' (known: {string.Join(", ", Names)})."),
+    };
+
+    public static ITextTokenizer FromMetadata(IReadOnlyDictionary<string, string> metadata)
+    {
+        if (!metadata.TryGetValue(ITextTokenizer.MetadataKey, out var name))
+        {
+            throw new InvalidDataException($"The checkpoint names no tokenizer (metadata '{ITextTokenizer.MetadataKey}').");
+        }
+        return name switch
+        {
+            CharTokenizer.TokenizerName => new CharTokenizer(
+                metadata.TryGetValue(CharTokenizer.VocabularyKey, out var json) && JsonSerializer.Deserialize<string>(json) is { Length: > 0 } chars
+                    ? chars
+                    : throw new InvalidDataException($"The checkpoint's character tokenizer has no vocabulary (metadata '{CharTokenizer.VocabularyKey}').")),
+            Gpt2Tokenizer.TokenizerName => new Gpt2Tokenizer(),
+            _ => throw new InvalidDataException($"The checkpoint names an unknown tokenizer '{name}' (known: {string.Join(", ", Names)})."),
+        };
+    }
+}
