@@ -9,6 +9,7 @@ var root = new RootCommand("moe: run mixture-of-experts models on a Microsoft Or
     CheckpointCommand.Create(),
     DemoCommand.Create(),
     BenchCommands.Create(),
+    GenerateCommand.Create(),
     TrainCommand.Create(),
     RetrievalCommands.Eval(),
     PlaceCommand.Create(),

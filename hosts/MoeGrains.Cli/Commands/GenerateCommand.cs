@@ -1,0 +1,158 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using MoeGrains.Checkpoints;
+using MoeGrains.Contracts;
+using MoeGrains.Generation;
+using MoeGrains.Hosting;
+using MoeGrains.Plugins;
+using MoeGrains.Plugins.Mixtral.Tokenizers;
+using static TorchSharp.torch;
+
+namespace MoeGrains.Cli.Commands;
+
+/// <summary>
+/// <c>moe generate "prompt"</c>: continues a prompt with a trained checkpoint, streaming each token as it is chosen,
+/// in this process or through a local cluster (backbone in a session grain, experts in expert grains over the silos).
+/// </summary>
+internal static class GenerateCommand
+{
+    public static Command Create()
+    {
+        var prompt = new Argument<string>("prompt") { Description = "The text to continue" };
+        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder or model.safetensors", DefaultValueFactory = _ => Path.Combine(CliPaths.Checkpoints, "shakespeare") };
+        var maxTokens = new Option<int>("--max-tokens") { Description = $"New tokens to generate (1..{GenerationOptions.MAX_NEW_TOKENS})", DefaultValueFactory = _ => 200 };
+        var temperature = new Option<double>("--temperature") { Description = "Sampling temperature; 0 is greedy", DefaultValueFactory = _ => 0.8 };
+        var topP = new Option<double>("--top-p") { Description = "Nucleus sampling mass, in (0, 1]", DefaultValueFactory = _ => 0.95 };
+        var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 1 };
+        var silos = new Option<int>("--silos") { Description = "0: everything in this process; N: a local cluster of N silos (experts spread over them)", DefaultValueFactory = _ => 0 };
+        // One token at a time is a chain of tiny operations: one thread beats a team that waits for each other (much more
+        // so on a busy machine, where OpenMP's spinning threads are descheduled).
+        var threads = new Option<int>("--threads") { Description = "libtorch threads (default 1)", DefaultValueFactory = _ => 1 };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object at the end instead of streaming" };
+        var command = new Command("generate", "Continue a prompt with a trained language model, streaming tokens (in process or through a local cluster)")
+        {
+            prompt, checkpoint, maxTokens, temperature, topP, seed, silos, threads, json,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            var options = new GenerationOptions
+            {
+                MaxTokens = parse.GetValue(maxTokens), Temperature = parse.GetValue(temperature), TopP = parse.GetValue(topP), Seed = parse.GetValue(seed),
+            };
+            try
+            {
+                return await Run(parse.GetValue(prompt) ?? "", parse.GetValue(checkpoint)!, options, parse.GetValue(silos), parse.GetValue(threads), parse.GetValue(json), ct);
+            }
+            catch (Exception e) when (e is GenerationRequestException or CheckpointException or ArgumentException or InvalidDataException or UnknownExpertException)
+            {
+                Console.Out.Flush();
+                Console.Error.WriteLine($"error: {e.Message}");
+                return 2;
+            }
+        });
+        return command;
+    }
+
+    private static async Task<int> Run(string prompt, string checkpoint, GenerationOptions options, int silos, int threads, bool asJson, CancellationToken ct)
+    {
+        if (silos < 0)
+        {
+            throw new ArgumentException($"--silos must be 0 (in process) or a number of silos, got {silos}.");
+        }
+        var path = Path.GetFullPath(LanguageModelCheckpoint.WeightsPath(checkpoint));
+        if (!File.Exists(path))
+        {
+            throw new CheckpointException($"No checkpoint at {path}: train one with `moe train --out {LanguageModelCheckpoint.Folder(checkpoint)}`.");
+        }
+        var file = SafeTensorsFile.Open(path);
+        var tokenizer = TextTokenizers.FromMetadata(file.Metadata);
+        var ids = tokenizer.Encode(prompt);
+        var context = file.Metadata.TryGetValue("max_position_embeddings", out var c) && int.TryParse(c, out var n) ? n : 0;
+        options.Validate(ids.Length, context);
+        set_num_threads(Math.Max(1, threads));
+
+        LocalCluster? cluster = null;
+        DecoderSession? local = null;
+        IDecoderSessionGrain? grain = null;
+        var where = "in process";
+        var started = Stopwatch.StartNew();
+        try
+        {
+            if (silos == 0)
+            {
+                local = DecoderSession.InProcess(PluginCatalog.Load(CliPaths.Plugins), path, CliServices.Provider, "lm");
+            }
+            else
+            {
+                cluster = await LocalCluster.StartAsync(silos, (_, silo) => silo.AddMoeGrains(o =>
+                {
+                    o.Device = "cpu";
+                    o.PluginFolder = CliPaths.Plugins;
+                    o.Models["lm"] = path;
+                }), cancellationToken: ct);
+                grain = cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
+                where = $"through a local cluster of {silos} silos";
+            }
+            var setup = started.Elapsed;
+            DecoderStepAsync step = local is not null
+                ? local.AppendAsync
+                : async (tokens, token) => (await grain!.Append(tokens, token)).Logits;
+
+            if (!asJson)
+            {
+                Console.Write(prompt);
+            }
+            var generated = new List<int>();
+            var printed = 0;
+            var sw = Stopwatch.StartNew();
+            TimeSpan? firstToken = null;
+            await foreach (var token in TextGeneration.GenerateAsync(step, ids, options, context, ct))
+            {
+                firstToken ??= sw.Elapsed;
+                generated.Add(token);
+                if (!asJson)
+                {
+                    // Decode the whole continuation and print what is new: a BPE token may complete a character only later.
+                    var text = tokenizer.Decode(generated);
+                    if (text.Length > printed && !char.IsHighSurrogate(text[^1]) && text[^1] != '\uFFFD')
+                    {
+                        Console.Write(text[printed..]);
+                        printed = text.Length;
+                    }
+                }
+            }
+            var elapsed = sw.Elapsed;
+            var continuation = tokenizer.Decode(generated);
+            var speed = generated.Count / Math.Max(elapsed.TotalSeconds, 1e-9);
+            if (asJson)
+            {
+                Console.WriteLine(JsonSerializer.Serialize(new
+                {
+                    prompt, text = continuation, tokens = generated.Count, prompt_tokens = ids.Length, mode = silos == 0 ? "in-process" : "cluster", silos,
+                    temperature = options.Temperature, top_p = options.TopP, seed = options.Seed, setup_seconds = setup.TotalSeconds,
+                    first_token_ms = firstToken?.TotalMilliseconds, seconds = elapsed.TotalSeconds, tokens_per_s = speed, token_ids = generated,
+                }, BenchCommands.JsonOptions));
+            }
+            else
+            {
+                if (printed < continuation.Length) Console.Write(continuation[printed..]);
+                Console.WriteLine();
+                Console.Error.WriteLine($"[{generated.Count} tokens {where} in {elapsed.TotalSeconds:F2} s: {speed:F1} tokens/s; first token after {firstToken?.TotalMilliseconds:F0} ms; set-up {setup.TotalSeconds:F1} s]");
+            }
+            return 0;
+        }
+        finally
+        {
+            if (grain is not null)
+            {
+                await grain.Close();
+            }
+            local?.Dispose();
+            if (cluster is not null)
+            {
+                await cluster.DisposeAsync();
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+using MoeGrains.Checkpoints;
+using MoeGrains.Contracts;
+using MoeGrains.Dispatch;
+using MoeGrains.Models;
+using MoeGrains.Plugins;
+using static TorchSharp.torch;
+
+namespace MoeGrains.Generation;
+
+/// <summary>Runs one mixture-of-experts layer on hidden states <c>[tokens, d_model]</c>: the in-process dispatcher or the layer grain.</summary>
+public delegate Task<Tensor> MoeLayerCallAsync(int layer, Tensor hidden, CancellationToken cancellationToken);
+
+/// <summary>
+/// One generation session of a decoder checkpoint in Mixtral's layout. The backbone (token embedding, each block's
+/// attention with its KV cache and its norm, the output head) runs here, as plugin stages named by the checkpoint's
+/// <c>moegrains.backbone_plugin</c> (<c>NAME-embed</c>, <c>NAME-attention</c>, <c>NAME-norm</c>, <c>NAME-head</c>); each
+/// block's experts run through <see cref="MoeLayerCallAsync"/>, so the same session code serves in process and over
+/// the cluster. Tensor work goes through the given lane; no dispose scope is held across an await.
+/// </summary>
+public sealed class DecoderSession : IDisposable
+{
+    public const string BackbonePluginKey = "moegrains.backbone_plugin";
+
+    private readonly IExpert _embed;
+    private readonly IExpert[] _attention;
+    private readonly IExpert[] _norms;
+    private readonly IExpert _head;
+    private readonly MoeLayerCallAsync _moe;
+    private readonly IComputeLane _lane;
+    private readonly IDisposable? _owned;
+
+    private DecoderSession(ModelSpec spec, IExpert embed, IExpert[] attention, IExpert[] norms, IExpert head, MoeLayerCallAsync moe, IComputeLane lane, IDisposable? owned)
+    {
+        (Spec, _embed, _attention, _norms, _head, _moe, _lane, _owned) = (spec, embed, attention, norms, head, moe, lane, owned);
+        VocabSize = head.Descriptor.OutputDim;
+    }
+
+    public ModelSpec Spec { get; }
+
+    public int VocabSize { get; }
+
+    /// <summary>Positions the model was trained on (<c>max_position_embeddings</c>): the longest prompt accepted.</summary>
+    public int ContextLength { get; private init; }
+
+    /// <summary>Tokens fed so far.</summary>
+    public long Position { get; private set; }
+
+    /// <summary>Creates the backbone stages from the checkpoint (synchronous: call it on the device lane).</summary>
+    public static DecoderSession Create(PluginCatalog plugins, ModelSpec spec, SafeTensorsFile checkpoint, Device device, IServiceProvider services,
+        MoeLayerCallAsync moe, IComputeLane? lane = null, IDisposable? owned = null)
+    {
+        ArgumentNullException.ThrowIfNull(checkpoint);
+        if (!checkpoint.Metadata.TryGetValue(BackbonePluginKey, out var backbone) || backbone.Length == 0)
+        {
+            throw new CheckpointException($"Checkpoint '{checkpoint.Path}' has no '{BackbonePluginKey}': it holds MoE layers only, not a language model.");
+        }
+        var context = checkpoint.Metadata.TryGetValue("max_position_embeddings", out var c) && int.TryParse(c, out var n) && n > 0
+            ? n : throw new CheckpointException($"Checkpoint '{checkpoint.Path}': metadata 'max_position_embeddings' is missing.");
+        var created = new List<IExpert>();
+        IExpert Stage(string role, int layer, params (string Local, string Name)[] weights)
+        {
+            var loaded = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+            try
+            {
+                foreach (var (local, name) in weights)
+                {
+                    loaded[local] = checkpoint.Load(name, device);
+                }
+                var stage = plugins.Create<IExpert>($"{backbone}-{role}", PluginKind.Expert, new PluginContext
+                {
+                    Id = layer < 0 ? $"{spec.Name}/{role}" : $"{spec.Name}/{layer}/{role}",
+                    Layer = Math.Max(layer, 0),
+                    Device = device,
+                    Settings = checkpoint.Metadata,
+                    Weights = loaded,
+                }, services);
+                created.Add(stage);
+                return stage;
+            }
+            finally
+            {
+                foreach (var t in loaded.Values) t.Dispose();
+            }
+        }
+        (string, string)[] Under(string prefix, params string[] parts) => checkpoint.Tensors.Keys
+            .Where(k => k.StartsWith(prefix, StringComparison.Ordinal) && parts.Any(p => k.AsSpan(prefix.Length).StartsWith(p, StringComparison.Ordinal)))
+            .Select(k => (k[prefix.Length..], k)).ToArray();
+        try
+        {
+            var embed = Stage("embed", -1, ("weight", "model.embed_tokens.weight"));
+            var attention = new IExpert[spec.Layers];
+            var norms = new IExpert[spec.Layers];
+            for (var layer = 0; layer < spec.Layers; layer++)
+            {
+                attention[layer] = Stage("attention", layer, Under($"model.layers.{layer}.", "input_layernorm.", "self_attn."));
+                norms[layer] = Stage("norm", layer, ("weight", $"model.layers.{layer}.post_attention_layernorm.weight"));
+            }
+            var head = Stage("head", -1, ("norm.weight", "model.norm.weight"),
+                ("lm_head.weight", checkpoint.Tensors.ContainsKey("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight"));
+            return new DecoderSession(spec, embed, attention, norms, head, moe, lane ?? InlineLane.Instance, owned) { ContextLength = context };
+        }
+        catch
+        {
+            foreach (var s in created) s.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>A session whose experts run in this process (<see cref="LocalMoeModel"/>): the reference for the cluster.</summary>
+    public static DecoderSession InProcess(PluginCatalog plugins, string checkpointPath, IServiceProvider services, string name = "default")
+    {
+        var local = new LocalMoeModel(plugins, checkpointPath, services, CPU, name);
+        try
+        {
+            return Create(plugins, local.Spec, SafeTensorsFile.Open(checkpointPath), CPU, services, async (layer, hidden, ct) =>
+            {
+                var result = await local.ForwardLayerAsync(layer, hidden, cancellationToken: ct).ConfigureAwait(false);
+                return result.Output;
+            }, InlineLane.Instance, local);
+        }
+        catch
+        {
+            local.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Feeds <paramref name="tokens"/> after those already fed; returns the next-token logits after the last one.</summary>
+    public async Task<float[]> AppendAsync(long[] tokens, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(tokens);
+        if (tokens.Length == 0)
+        {
+            throw new GenerationRequestException("No tokens to feed.");
+        }
+        if (tokens.Any(t => t < 0 || t >= VocabSize))
+        {
+            throw new GenerationRequestException($"Token ids must be in 0..{VocabSize - 1}.");
+        }
+        var x = await _lane.RunAsync(() =>
+        {
+            using var ids = tensor(tokens);
+            return _embed.Forward(ids);
+        }, cancellationToken);
+        try
+        {
+            for (var layer = 0; layer < _attention.Length; layer++)
+            {
+                var input = x;
+                var h = await _lane.RunAsync(() => _attention[layer].Forward(input), cancellationToken);
+                x.Dispose();
+                x = h;
+                var normed = await _lane.RunAsync(() => _norms[layer].Forward(h), cancellationToken);
+                Tensor moe;
+                try
+                {
+                    moe = await _moe(layer, normed, cancellationToken);
+                }
+                finally
+                {
+                    normed.Dispose();
+                }
+                using (moe)
+                {
+                    x = await _lane.RunAsync(() => h.add(moe), cancellationToken);
+                }
+                h.Dispose();
+            }
+            var last = x;
+            var logits = await _lane.RunAsync(() =>
+            {
+                using var scope = NewDisposeScope();
+                return _head.Forward(last.narrow(0, last.shape[0] - 1, 1)).to_type(ScalarType.Float32).cpu().data<float>().ToArray();
+            }, cancellationToken);
+            Position += tokens.Length;
+            return logits;
+        }
+        finally
+        {
+            x.Dispose();
+        }
+    }
+
+    public void Dispose()
+    {
+        _embed.Dispose();
+        foreach (var a in _attention) a.Dispose();
+        foreach (var n in _norms) n.Dispose();
+        _head.Dispose();
+        _owned?.Dispose();
+    }
+}

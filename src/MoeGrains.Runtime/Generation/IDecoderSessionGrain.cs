@@ -1,0 +1,27 @@
+namespace MoeGrains.Generation;
+
+/// <summary>
+/// One generation session of a served language model: the backbone with its KV cache lives in this grain, on the silo
+/// that created it; each block's experts are called through the model's MoE layer grains, on whichever silos hold
+/// them. Key: <see cref="Key"/> (<c>model/session</c>). Calls are handled one at a time, in order.
+/// </summary>
+[Alias("moegrains.IDecoderSessionGrain")]
+public interface IDecoderSessionGrain : IGrainWithStringKey
+{
+    /// <summary>Feeds tokens after those already fed and returns the next-token logits after the last one.</summary>
+    [Alias("append")]
+    Task<DecoderStep> Append(long[] tokens, CancellationToken cancellationToken = default);
+
+    /// <summary>Ends the session: its KV cache and backbone are released.</summary>
+    [Alias("close")]
+    Task Close();
+
+    public static string Key(string model, string session) => $"{model}/{session}";
+}
+
+/// <summary>The result of one decoding step: next-token logits, tokens fed so far, the silo that ran the backbone.</summary>
+[GenerateSerializer, Immutable, Alias("moegrains.DecoderStep")]
+public sealed record DecoderStep(
+    [property: Id(0)] float[] Logits,
+    [property: Id(1)] long Position,
+    [property: Id(2)] string Silo);
