@@ -2,13 +2,14 @@ using MoeGrains.Contracts;
 using MoeGrains.Hosting;
 using MoeGrains.Models;
 using MoeGrains.Plugins;
+using MoeGrains.Security;
 
 // A MoeGrains silo: Orleans (localhost or Redis membership), the MoeGrains runtime with its plugin folder and models,
 // and an HTTP API. Configured from appsettings.json, MOEGRAINS_-prefixed environment variables and the command line
 // (for example --Cluster:SiloPort=11112 --MoeGrains:Models:demo=checkpoints/demo.safetensors).
 var builder = WebApplication.CreateBuilder(args);
 builder.Configuration.AddEnvironmentVariables("MOEGRAINS_").AddCommandLine(args);
-builder.UseOrleans(silo => silo.UseMoeGrainsClustering().AddMoeGrains());
+builder.UseOrleans(silo => silo.UseMoeGrainsClustering().UseMoeGrainsTls().AddMoeGrains());
 
 var app = builder.Build();
 

@@ -3,6 +3,7 @@ using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using MoeGrains.Contracts;
 using MoeGrains.Hosting;
+using MoeGrains.Security;
 using static TorchSharp.torch;
 
 namespace MoeGrains.Client;
@@ -22,6 +23,9 @@ public sealed class MoeClientOptions
 
     /// <summary>How long a call may take before it fails with a timeout (Orleans' default 30000 ms).</summary>
     public int? ResponseTimeoutMs { get; set; }
+
+    /// <summary>Mutual TLS towards the gateways (off unless <see cref="Security.MoeTlsOptions.Enabled"/>).</summary>
+    public Security.MoeTlsOptions? Tls { get; set; }
 
     /// <summary>Largest tensor sent, in bytes: bigger ones are refused before they are sent.</summary>
     public long MaxTensorBytes { get; set; } = TensorValidation.DEFAULT_MAX_BYTES;
@@ -65,6 +69,10 @@ public sealed class MoeClient : IAsyncDisposable
                 client.UseRedisClustering(options.RedisConnectionString);
             }
             client.Services.Configure<TensorWireOptions>(o => o.MaxTensorBytes = options.MaxTensorBytes);
+            if (options.Tls is { Enabled: true } tls)
+            {
+                client.UseMoeGrainsTls(tls);
+            }
             if (options.ResponseTimeoutMs is { } timeout)
             {
                 client.Configure<Orleans.Configuration.ClientMessagingOptions>(o => o.ResponseTimeout = TimeSpan.FromMilliseconds(timeout));

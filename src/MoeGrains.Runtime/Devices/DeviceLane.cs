@@ -10,11 +10,19 @@ namespace MoeGrains.Devices;
 /// other. Silos hosted in one process share the physical device, hence the lane.
 /// A computation that runs longer than <see cref="HungAfter"/> is abandoned to its thread and a fresh worker takes the
 /// queue, so one hung expert does not stall every other expert of the device.
+/// Work is served oldest request first: each request carries a ticket (the time it entered the cluster, in Orleans'
+/// request context, so expert calls inherit it), and the queue orders by ticket. Under load a request is then delayed by
+/// the requests that arrived before it, not by every step of every request interleaved with its own steps.
 /// </summary>
 public sealed class DeviceLane : Dispatch.IComputeLane
 {
     private static readonly ConcurrentDictionary<string, DeviceLane> Lanes = new(StringComparer.Ordinal);
-    private readonly BlockingCollection<Action> _queue = new();
+    /// <summary>The request-context key of a request's ticket.</summary>
+    public const string TicketKey = "moegrains.ticket";
+
+    private readonly PriorityQueue<Action, (long Ticket, long Sequence)> _queue = new();
+    private readonly SemaphoreSlim _available = new(0);
+    private long _sequence;
     private readonly string _device;
     private readonly Timer _watchdog;
     private int _waiting;
@@ -55,11 +63,29 @@ public sealed class DeviceLane : Dispatch.IComputeLane
         thread.Start();
     }
 
+    /// <summary>The current request's ticket, set once where the request enters (the first call that asks).</summary>
+    public static long CurrentTicket()
+    {
+        if (Orleans.Runtime.RequestContext.Get(TicketKey) is long ticket)
+        {
+            return ticket;
+        }
+        ticket = Stopwatch.GetTimestamp();
+        Orleans.Runtime.RequestContext.Set(TicketKey, ticket);
+        return ticket;
+    }
+
     private void Loop(int generation)
     {
         _current = this;
-        foreach (var work in _queue.GetConsumingEnumerable())
+        while (true)
         {
+            _available.Wait();
+            Action work;
+            lock (_queue)
+            {
+                work = _queue.Dequeue();
+            }
             Volatile.Write(ref _runningSince, Stopwatch.GetTimestamp());
             work();
             if (Volatile.Read(ref _generation) != generation)
@@ -95,7 +121,8 @@ public sealed class DeviceLane : Dispatch.IComputeLane
             return Task.FromException<T>(new Contracts.OverloadedException(
                 $"The device queue of this silo is full ({MaxQueued} computations waiting or running); request refused.", MaxQueued));
         }
-        _queue.Add(() =>
+        var ticket = Orleans.Runtime.RequestContext.Get(TicketKey) is long t ? t : Stopwatch.GetTimestamp();
+        Action item = () =>
         {
             try
             {
@@ -116,7 +143,12 @@ public sealed class DeviceLane : Dispatch.IComputeLane
             {
                 Interlocked.Decrement(ref _waiting);
             }
-        });
+        };
+        lock (_queue)
+        {
+            _queue.Enqueue(item, (ticket, _sequence++));
+        }
+        _available.Release();
         return done.Task;
     }
 }

@@ -39,6 +39,7 @@ internal sealed class MoeLayerGrain(
         }
         var blocked = breakers.Blocked(model, layer, spec.Experts);
         var masked = (request.MaskedExperts ?? []).Concat(blocked).ToArray();
+        DeviceLane.CurrentTicket(); // oldest request first on every device this request reaches
         var available = Routing.Availability(spec.Experts, masked);
         if (available.AvailableCount == 0)
         {
