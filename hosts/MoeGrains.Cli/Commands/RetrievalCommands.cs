@@ -31,9 +31,10 @@ internal static class RetrievalCommands
         var maxWords = new Option<int>("--max-words") { Description = "Words of each text the sentence encoders read", DefaultValueFactory = _ => 180 };
         var cache = new Option<string?>("--cache") { Description = "Embedding cache folder (default MOEGRAINS_CACHE or ~/.cache/moegrains)" };
         var noCache = new Option<bool>("--no-cache") { Description = "Encode everything again, and store nothing" };
+        var adapters = new Option<string?>("--adapters") { Description = "Train one domain expert per collection (a linear query adapter, InfoNCE on titles or first sentences against documents) on this embedding expert, e.g. minilm" };
         var command = new Command("retrieval", "nDCG@10 and recall@100 of each retriever expert, uniform fusion, the pilot-embedding router and the oracle, per collection and macro-averaged")
         {
-            collections, json, experts, router, folds, seed, maxWords, cache, noCache,
+            collections, json, experts, router, folds, seed, maxWords, cache, noCache, adapters,
         };
         command.SetAction((parse, ct) =>
         {
@@ -76,6 +77,7 @@ internal static class RetrievalCommands
                     RouterEncoder = parse.GetValue(router)!,
                     Cache = parse.GetValue(noCache) ? null : new EmbeddingCache(parse.GetValue(cache) is { Length: > 0 } c ? c : EmbeddingCache.DefaultFolder),
                     EmbeddingVariant = $"max_words={words}",
+                    AdapterBase = parse.GetValue(adapters) is { Length: > 0 } a ? a : null,
                 };
                 var sw = Stopwatch.StartNew();
                 var report = new RetrievalBenchmark(created, options).Run(loaded, Log);

@@ -26,6 +26,14 @@ public sealed class RetrievalBenchmarkOptions
 
     /// <summary>Names settings that change the embeddings (part of the cache key).</summary>
     public string EmbeddingVariant { get; set; } = "";
+
+    /// <summary>
+    /// The embedding expert to train one domain expert on per collection (<see cref="LinearAdapterExpert"/>, from that
+    /// collection's documents alone); <c>null</c>: none.
+    /// </summary>
+    public string? AdapterBase { get; set; }
+
+    public AdapterTrainingOptions AdapterTraining { get; set; } = new();
 }
 
 /// <summary>nDCG@10 and recall@100 of one system, on one collection or averaged.</summary>
@@ -44,8 +52,10 @@ public sealed record RetrievalReport(IReadOnlyList<CollectionScores> Collections
 /// judged queries of each collection are shuffled (fixed seed) and dealt into folds; the queries of fold f are routed by
 /// pilots built from the other folds of every collection, so no query is ever routed by pilots that saw it.
 /// </summary>
-public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExpert Expert)> experts, RetrievalBenchmarkOptions? options = null)
+public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExpert Expert)> givenExperts, RetrievalBenchmarkOptions? options = null)
 {
+    private List<(string Name, IRetrieverExpert Expert)> _experts = [.. givenExperts];
+
     public const string Fusion = "fusion";
     public const string RouterNearest = "router-nearest-pilot";
     public const string RouterMean = "router-mean-similarity";
@@ -61,7 +71,7 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
     public RetrievalReport Run(IReadOnlyList<RetrievalCollection> collections, Action<string>? progress = null)
     {
         ArgumentNullException.ThrowIfNull(collections);
-        if (experts.Count == 0)
+        if (_experts.Count == 0)
         {
             throw new ArgumentException("The benchmark needs at least one expert.");
         }
@@ -69,8 +79,47 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
         {
             throw new ArgumentOutOfRangeException(nameof(options), "Cross-validation needs at least 2 folds.");
         }
-        var routerIndex = experts.ToList().FindIndex(e => e.Name.Equals(_options.RouterEncoder, StringComparison.OrdinalIgnoreCase));
-        var canRoute = routerIndex >= 0 && experts[routerIndex].Expert.Descriptor.OutputDim > 0;
+        _experts = [.. givenExperts];
+        var adapters = _options.AdapterBase is { } adapterBase ? TrainAdapters(collections, adapterBase, progress) : [];
+        try
+        {
+            _experts.AddRange(adapters.Select(a => (a.Descriptor.Name, (IRetrieverExpert)a)));
+            return RunAll(collections, progress);
+        }
+        finally
+        {
+            foreach (var a in adapters)
+            {
+                a.Dispose();
+            }
+        }
+    }
+
+    private List<LinearAdapterExpert> TrainAdapters(IReadOnlyList<RetrievalCollection> collections, string baseName, Action<string>? progress)
+    {
+        var found = givenExperts.FirstOrDefault(e => e.Name.Equals(baseName, StringComparison.OrdinalIgnoreCase));
+        if (found.Expert is null || found.Expert.Descriptor.OutputDim <= 0)
+        {
+            throw new ArgumentException($"The adapters' base '{baseName}' must be one of the embedding experts ({string.Join(", ", givenExperts.Where(e => e.Expert.Descriptor.OutputDim > 0).Select(e => e.Name))}).");
+        }
+        var adapters = new List<LinearAdapterExpert>();
+        foreach (var collection in collections)
+        {
+            using var scope = NewDisposeScope();
+            var pairs = collection.Documents.Select((d, i) => (Index: (long)i, Query: LinearAdapterExpert.PseudoQuery(d))).Where(p => p.Query.Length > 0).ToList();
+            var documents = Encode(found.Expert, collection.Name, [.. collection.Documents.Select(d => d.FullText)], EncodeRole.Document, progress);
+            var queries = Encode(found.Expert, collection.Name, [.. pairs.Select(p => p.Query)], EncodeRole.Query, progress);
+            var (weight, loss) = LinearAdapterExpert.Train(queries, documents.index_select(0, tensor(pairs.Select(p => p.Index).ToArray())), _options.AdapterTraining);
+            progress?.Invoke($"{collection.Name}: adapter on {found.Name} trained on {pairs.Count} pseudo-queries (titles or first sentences), final InfoNCE loss {loss:F3}");
+            adapters.Add(new LinearAdapterExpert($"adapter-{collection.Name}", found.Expert, weight));
+        }
+        return adapters;
+    }
+
+    private RetrievalReport RunAll(IReadOnlyList<RetrievalCollection> collections, Action<string>? progress)
+    {
+        var routerIndex = _experts.ToList().FindIndex(e => e.Name.Equals(_options.RouterEncoder, StringComparison.OrdinalIgnoreCase));
+        var canRoute = routerIndex >= 0 && _experts[routerIndex].Expert.Descriptor.OutputDim > 0;
         if (!canRoute)
         {
             progress?.Invoke($"no embedding expert named '{_options.RouterEncoder}' among the experts: the routers are left out");
@@ -97,7 +146,7 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
             {
                 foreach (var (match, choices) in new[] { (PilotMatch.NearestPilot, nearest), (PilotMatch.MeanSimilarity, mean) })
                 {
-                    var router = new PilotEmbeddingRouter([.. experts.Select(e => e.Name)], match);
+                    var router = new PilotEmbeddingRouter([.. _experts.Select(e => e.Name)], match);
                     foreach (var q in all.Where(q => folds[(q.Collection, q.Query)] != fold))
                     {
                         router.AddTrainingQuery(q.Collection, q.RouterEmbedding!, [.. q.Experts.Select(r => r.Ndcg)]);
@@ -124,11 +173,11 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
         {
             var runs = perCollection[c];
             var systems = new List<SystemScore>();
-            for (var e = 0; e < experts.Count; e++)
+            for (var e = 0; e < _experts.Count; e++)
             {
-                systems.Add(Average(experts[e].Name, runs.Select(r => r.Experts[e])));
+                systems.Add(Average(_experts[e].Name, runs.Select(r => r.Experts[e])));
             }
-            if (experts.Count > 1)
+            if (_experts.Count > 1)
             {
                 systems.Add(Average(Fusion, runs.Select(FuseUniform)));
             }
@@ -136,7 +185,7 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
             {
                 systems.Add(Average(RouterNearest, runs.Select(r => r.Experts[nearest[(r.Collection, r.Query)]])));
                 systems.Add(Average(RouterMean, runs.Select(r => r.Experts[mean[(r.Collection, r.Query)]])));
-                routerChoices[collections[c].Name] = experts.Select((e, i) => (e.Name, Count: runs.Count(r => nearest[(r.Collection, r.Query)] == i)))
+                routerChoices[collections[c].Name] = _experts.Select((e, i) => (e.Name, Count: runs.Count(r => nearest[(r.Collection, r.Query)] == i)))
                     .ToDictionary(p => p.Name, p => p.Count);
             }
             systems.Add(Average(Oracle, runs.Select(r => r.Experts.MaxBy(x => x.Ndcg)!)));
@@ -145,7 +194,7 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
         var macro = reports.Count == 0 ? [] : reports[0].Systems.Select((s, i) =>
             new SystemScore(s.Name, reports.Average(r => r.Systems[i].NdcgAt10), reports.Average(r => r.Systems[i].RecallAt100))).ToList();
         var split = canRoute
-            ? $"{_options.Folds}-fold cross-validation over the judged queries of each collection (shuffled with seed {_options.Seed}); pilots from the other folds of all collections, base encoder {experts[routerIndex].Name}"
+            ? $"{_options.Folds}-fold cross-validation over the judged queries of each collection (shuffled with seed {_options.Seed}); pilots from the other folds of all collections, base encoder {_experts[routerIndex].Name}"
             : "no router";
         return new RetrievalReport(reports, macro, split, routerChoices);
     }
@@ -155,18 +204,24 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
         var documents = collection.Documents.Select(d => d.FullText).ToList();
         var queries = collection.JudgedQueries;
         var queryTexts = queries.Select(q => q.Text).ToList();
-        var runs = new ExpertRun[experts.Count][];
+        var runs = new ExpertRun[_experts.Count][];
         float[][]? routerEmbeddings = null;
-        for (var e = 0; e < experts.Count; e++)
+        for (var e = 0; e < _experts.Count; e++)
         {
-            var (name, expert) = experts[e];
+            var (name, expert) = _experts[e];
             progress?.Invoke($"{collection.Name}: {name} on {documents.Count} documents, {queries.Count} queries");
             SearchHits[] hits;
             if (expert.Descriptor.OutputDim > 0)
             {
                 using var scope = NewDisposeScope();
-                var docEmbeddings = Encode(expert, collection.Name, documents, EncodeRole.Document, progress);
-                var queryEmbeddings = Encode(expert, collection.Name, queryTexts, EncodeRole.Query, progress);
+                // An adapter shares its base's document embeddings (and cache); only its queries are mapped.
+                var encoder = expert is LinearAdapterExpert adapter ? adapter.Base : expert;
+                var docEmbeddings = Encode(encoder, collection.Name, documents, EncodeRole.Document, progress);
+                var queryEmbeddings = Encode(encoder, collection.Name, queryTexts, EncodeRole.Query, progress);
+                if (expert is LinearAdapterExpert a)
+                {
+                    queryEmbeddings = a.AdaptQueries(queryEmbeddings);
+                }
                 using var index = new ExactIndex(expert, docEmbeddings);
                 hits = index.SearchEmbeddings(queryEmbeddings, _options.Depth);
                 if (e == routerIndex)
