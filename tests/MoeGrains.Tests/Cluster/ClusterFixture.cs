@@ -15,14 +15,19 @@ public sealed class ClusterFixture : IAsyncLifetime
 
     public string CheckpointPath => _dir.File("tiny.safetensors");
 
+    /// <summary>A copy of the checkpoint served as model "spare", for tests that damage and repair the file.</summary>
+    public string SparePath => _dir.File("spare.safetensors");
+
     public async Task InitializeAsync()
     {
         Spec = TinyModel.Create(CheckpointPath);
+        File.Copy(CheckpointPath, SparePath);
         Cluster = await LocalCluster.StartAsync(3, (_, silo) => silo
             .AddMoeGrains(o =>
             {
                 o.Device = "cpu";
                 o.Models["tiny"] = CheckpointPath;
+                o.Models["spare"] = SparePath;
                 o.ExpertTimeoutMs = 20_000;
             })
             .AddExpertPlugins(TestPaths.Plugins));
