@@ -28,18 +28,18 @@ internal static class TrainCommand
         var dFf = new Option<int>("--d-ff") { Description = "Expert inner size", DefaultValueFactory = _ => 256 };
         var context = new Option<int?>("--context") { Description = "max_position_embeddings (default: --block)" };
         var block = new Option<int>("--block") { Description = "Tokens per training window", DefaultValueFactory = _ => 128 };
-        var batch = new Option<int>("--batch") { DefaultValueFactory = _ => 32 };
-        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => CausalLmTrainingOptions.DEFAULT_STEPS };
-        var minutes = new Option<double?>("--minutes") { Description = "Wall-clock budget: stop (schedule decayed) when spent" };
+        var batch = new Option<int>("--batch") { DefaultValueFactory = _ => 16 };
+        var steps = new Option<int>("--steps") { DefaultValueFactory = _ => 5000 };
+        var minutes = new Option<double>("--minutes") { Description = "Wall-clock budget: stop, the schedule decayed, when spent (0: steps only)", DefaultValueFactory = _ => 10 };
         var lr = new Option<double>("--lr") { DefaultValueFactory = _ => 3e-3 };
         var minLr = new Option<double>("--min-lr-ratio") { DefaultValueFactory = _ => 0.1 };
         var warmup = new Option<int>("--warmup") { DefaultValueFactory = _ => 100 };
         var weightDecay = new Option<double>("--weight-decay") { DefaultValueFactory = _ => 0.1 };
         var auxCoef = new Option<double>("--aux-coef") { Description = "Weight of the load-balancing loss", DefaultValueFactory = _ => 0.01 };
         var evalEvery = new Option<int>("--eval-every") { DefaultValueFactory = _ => 250 };
-        var evalWindows = new Option<int>("--eval-windows") { Description = "Held-out windows per periodic evaluation", DefaultValueFactory = _ => 48 };
+        var evalWindows = new Option<int>("--eval-windows") { Description = "Held-out windows per periodic evaluation", DefaultValueFactory = _ => 32 };
         var checkpointEvery = new Option<int>("--checkpoint-every") { DefaultValueFactory = _ => 500 };
-        var logEvery = new Option<int>("--log-every") { DefaultValueFactory = _ => 10 };
+        var logEvery = new Option<int>("--log-every") { DefaultValueFactory = _ => 25 };
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 1337 };
         // One thread by default: on a shared machine a two-thread OpenMP team spends its time waiting for a descheduled member
         // (measured here: 2.7-4.1k tokens/s with one thread, 0.8-3k with two); on an idle machine try --threads 2.
@@ -70,7 +70,7 @@ internal static class TrainCommand
                 MinLearningRateRatio = parse.GetValue(minLr), WarmupSteps = parse.GetValue(warmup), WeightDecay = parse.GetValue(weightDecay),
                 EvalEvery = parse.GetValue(evalEvery), EvalWindows = parse.GetValue(evalWindows), CheckpointEvery = parse.GetValue(checkpointEvery),
                 LogEvery = parse.GetValue(logEvery), Seed = parse.GetValue(seed),
-                TimeBudget = parse.GetValue(minutes) is { } m ? TimeSpan.FromMinutes(m) : null,
+                TimeBudget = parse.GetValue(minutes) is > 0 and var m ? TimeSpan.FromMinutes(m) : null,
             };
             if (options.Validate() is { } optionsError)
             {
