@@ -30,9 +30,13 @@ internal static class GenerateCommand
         // so on a busy machine, where OpenMP's spinning threads are descheduled).
         var threads = new Option<int>("--threads") { Description = "libtorch threads (default 1)", DefaultValueFactory = _ => 1 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object at the end instead of streaming" };
+        var router = new Option<string?>("--router") { Description = "Router plugin to use instead of the model's (topk, topp, capacity, rank, ...)" };
+        var scmoe = new Option<bool>("--scmoe") { Description = "Self-contrast decoding: the model's routing contrasted with rank-k routing (SCMoE)" };
+        var alpha = new Option<double>("--alpha") { Description = "SCMoE plausibility threshold", DefaultValueFactory = _ => SelfContrastDecoding.DEFAULT_ALPHA };
+        var beta = new Option<double>("--beta") { Description = "SCMoE contrast strength", DefaultValueFactory = _ => SelfContrastDecoding.DEFAULT_BETA };
         var command = new Command("generate", "Continue a prompt with a trained language model, streaming tokens (in process or through a local cluster)")
         {
-            prompt, checkpoint, maxTokens, temperature, topP, seed, silos, threads, json,
+            prompt, checkpoint, maxTokens, temperature, topP, seed, silos, threads, json, router, scmoe, alpha, beta,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -42,7 +46,10 @@ internal static class GenerateCommand
             };
             try
             {
-                return await Run(parse.GetValue(prompt) ?? "", parse.GetValue(checkpoint)!, options, parse.GetValue(silos), parse.GetValue(threads), parse.GetValue(json), ct);
+                var contrast = parse.GetValue(scmoe) ? new SelfContrastDecoding(parse.GetValue(alpha), parse.GetValue(beta)) : null;
+                contrast?.Validate();
+                return await Run(parse.GetValue(prompt) ?? "", parse.GetValue(checkpoint)!, options, parse.GetValue(router), contrast,
+                    parse.GetValue(silos), parse.GetValue(threads), parse.GetValue(json), ct);
             }
             catch (Exception e) when (e is GenerationRequestException or CheckpointException or ArgumentException or InvalidDataException or UnknownExpertException)
             {
@@ -54,7 +61,8 @@ internal static class GenerateCommand
         return command;
     }
 
-    private static async Task<int> Run(string prompt, string checkpoint, GenerationOptions options, int silos, int threads, bool asJson, CancellationToken ct)
+    private static async Task<int> Run(string prompt, string checkpoint, GenerationOptions options, string? router, SelfContrastDecoding? contrast,
+        int silos, int threads, bool asJson, CancellationToken ct)
     {
         if (silos < 0)
         {
@@ -73,17 +81,25 @@ internal static class GenerateCommand
         set_num_threads(Math.Max(1, threads));
 
         LocalCluster? cluster = null;
-        DecoderSession? local = null;
-        IDecoderSessionGrain? grain = null;
+        var sessions = new List<DecoderSession>();
+        var grains = new List<IDecoderSessionGrain>();
         var where = "in process";
         var started = Stopwatch.StartNew();
         try
         {
-            if (silos == 0)
+            DecoderStepAsync Session(string? routerName)
             {
-                local = DecoderSession.InProcess(PluginCatalog.Load(CliPaths.Plugins), path, CliServices.Provider, "lm");
+                if (cluster is null)
+                {
+                    var session = DecoderSession.InProcess(PluginCatalog.Load(CliPaths.Plugins), path, CliServices.Provider, "lm", routerName);
+                    sessions.Add(session);
+                    return session.AppendAsync;
+                }
+                var grain = cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
+                grains.Add(grain);
+                return async (tokens, token) => (await grain.Append(tokens, routerName, token)).Logits;
             }
-            else
+            if (silos > 0)
             {
                 cluster = await LocalCluster.StartAsync(silos, (_, silo) => silo.AddMoeGrains(o =>
                 {
@@ -91,13 +107,15 @@ internal static class GenerateCommand
                     o.PluginFolder = CliPaths.Plugins;
                     o.Models["lm"] = path;
                 }), cancellationToken: ct);
-                grain = cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
                 where = $"through a local cluster of {silos} silos";
             }
+            var step = Session(router);
+            if (contrast is not null)
+            {
+                step = contrast.Step(step, Session(contrast.WeakRouter));
+                where += $", SCMoE (alpha {contrast.Alpha}, beta {contrast.Beta}, weak routing '{contrast.WeakRouter}')";
+            }
             var setup = started.Elapsed;
-            DecoderStepAsync step = local is not null
-                ? local.AppendAsync
-                : async (tokens, token) => (await grain!.Append(tokens, token)).Logits;
 
             if (!asJson)
             {
@@ -129,7 +147,7 @@ internal static class GenerateCommand
             {
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
-                    prompt, text = continuation, tokens = generated.Count, prompt_tokens = ids.Length, mode = silos == 0 ? "in-process" : "cluster", silos,
+                    prompt, text = continuation, tokens = generated.Count, prompt_tokens = ids.Length, mode = silos == 0 ? "in-process" : "cluster", silos, router, scmoe = contrast is not null,
                     temperature = options.Temperature, top_p = options.TopP, seed = options.Seed, setup_seconds = setup.TotalSeconds,
                     first_token_ms = firstToken?.TotalMilliseconds, seconds = elapsed.TotalSeconds, tokens_per_s = speed, token_ids = generated,
                 }, BenchCommands.JsonOptions));
@@ -144,11 +162,8 @@ internal static class GenerateCommand
         }
         finally
         {
-            if (grain is not null)
-            {
-                await grain.Close();
-            }
-            local?.Dispose();
+            foreach (var g in grains) await g.Close();
+            foreach (var session in sessions) session.Dispose();
             if (cluster is not null)
             {
                 await cluster.DisposeAsync();

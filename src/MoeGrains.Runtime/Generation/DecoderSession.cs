@@ -106,22 +106,49 @@ public sealed class DecoderSession : IDisposable
         }
     }
 
-    /// <summary>A session whose experts run in this process (<see cref="LocalMoeModel"/>): the reference for the cluster.</summary>
-    public static DecoderSession InProcess(PluginCatalog plugins, string checkpointPath, IServiceProvider services, string name = "default")
+    /// <summary>
+    /// A session whose experts run in this process (<see cref="LocalMoeModel"/>): the reference for the cluster. With
+    /// <paramref name="router"/>, each layer routes with that router plugin instead of the checkpoint's.
+    /// </summary>
+    public static DecoderSession InProcess(PluginCatalog plugins, string checkpointPath, IServiceProvider services, string name = "default", string? router = null)
     {
         var local = new LocalMoeModel(plugins, checkpointPath, services, CPU, name);
+        var routers = new Dictionary<int, IRouter>();
+        var owned = new Owned(local, routers);
         try
         {
-            return Create(plugins, local.Spec, SafeTensorsFile.Open(checkpointPath), CPU, services, async (layer, hidden, ct) =>
-            {
-                var result = await local.ForwardLayerAsync(layer, hidden, cancellationToken: ct).ConfigureAwait(false);
-                return result.Output;
-            }, InlineLane.Instance, local);
+            var file = SafeTensorsFile.Open(checkpointPath);
+            MoeLayerCallAsync moe = router is null
+                ? async (layer, hidden, ct) => (await local.ForwardLayerAsync(layer, hidden, cancellationToken: ct).ConfigureAwait(false)).Output
+                : async (layer, hidden, ct) =>
+                {
+                    if (!routers.TryGetValue(layer, out var r))
+                    {
+                        routers[layer] = r = PluginFactory.CreateRouter(plugins, local.Spec, file, layer, CPU, services, router);
+                    }
+                    var routing = Routing.Route(r, hidden, Routing.Availability(local.Spec.Experts, null));
+                    var result = await MoeLayerRunner.RunAsync(hidden, routing, local.Spec.Experts, local.Spec.DModel, (e, batch, _) =>
+                    {
+                        using var noGrad = no_grad();
+                        return Task.FromResult(new ExpertAnswer(local.Expert(layer, e).Forward(batch), "local", 0, 0));
+                    }, 1, TimeSpan.FromMinutes(5), ct).ConfigureAwait(false);
+                    return result.Output;
+                };
+            return Create(plugins, local.Spec, file, CPU, services, moe, InlineLane.Instance, owned);
         }
         catch
         {
-            local.Dispose();
+            owned.Dispose();
             throw;
+        }
+    }
+
+    private sealed class Owned(LocalMoeModel local, Dictionary<int, IRouter> routers) : IDisposable
+    {
+        public void Dispose()
+        {
+            foreach (var r in routers.Values) r.Dispose();
+            local.Dispose();
         }
     }
 

@@ -17,15 +17,21 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
     IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire) : Grain, IDecoderSessionGrain
 {
     private DecoderSession? _session;
+    private string? _router;
 
-    public async Task<DecoderStep> Append(long[] tokens, CancellationToken cancellationToken)
+    public async Task<DecoderStep> Append(long[] tokens, string? router, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(tokens);
         if (tokens.Length > options.Value.MaxTokensPerRequest)
         {
             throw new GenerationRequestException($"{tokens.Length} tokens exceed the limit of {options.Value.MaxTokensPerRequest} per request.");
         }
-        var session = _session ??= await Start(cancellationToken);
+        if (_session is not null && !string.Equals(router, _router, StringComparison.OrdinalIgnoreCase))
+        {
+            throw new GenerationRequestException($"This session routes with '{_router ?? "the model's router"}'; start a new session for '{router ?? "the model's router"}'.");
+        }
+        _router = router;
+        var session = _session ??= await Start(router, cancellationToken);
         if (session.Position + tokens.Length > session.ContextLength && session.Position == 0)
         {
             throw new GenerationRequestException($"The prompt has {tokens.Length} tokens; the model's context holds {session.ContextLength}.");
@@ -34,7 +40,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         return new DecoderStep(logits, session.Position, RuntimeIdentity);
     }
 
-    private Task<DecoderSession> Start(CancellationToken cancellationToken)
+    private Task<DecoderSession> Start(string? router, CancellationToken cancellationToken)
     {
         var key = this.GetPrimaryKeyString();
         var slash = key.IndexOf('/');
@@ -49,7 +55,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         return lane.RunAsync(() => DecoderSession.Create(plugins, spec, file, device.Device, services, async (layer, hidden, ct) =>
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(hidden, TensorDType.Float32, wire.Value.MaxTensorBytes), ct);
-            var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer)).Forward(new MoeLayerRequest(payload), ct);
+            var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer)).Forward(new MoeLayerRequest(payload) { Router = router }, ct);
             return await lane.RunAsync(() => result.Output.ToTensor(device.Device), ct);
         }, lane), cancellationToken);
     }

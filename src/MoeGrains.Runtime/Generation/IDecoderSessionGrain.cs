@@ -8,9 +8,12 @@ namespace MoeGrains.Generation;
 [Alias("moegrains.IDecoderSessionGrain")]
 public interface IDecoderSessionGrain : IGrainWithStringKey
 {
-    /// <summary>Feeds tokens after those already fed and returns the next-token logits after the last one.</summary>
+    /// <summary>
+    /// Feeds tokens after those already fed and returns the next-token logits after the last one. <paramref name="router"/>
+    /// names a router plugin to use instead of the model's own (fixed by the session's first call).
+    /// </summary>
     [Alias("append")]
-    Task<DecoderStep> Append(long[] tokens, CancellationToken cancellationToken = default);
+    Task<DecoderStep> Append(long[] tokens, string? router = null, CancellationToken cancellationToken = default);
 
     /// <summary>Ends the session: its KV cache and backbone are released.</summary>
     [Alias("close")]

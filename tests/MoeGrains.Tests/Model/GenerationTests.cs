@@ -52,7 +52,7 @@ public sealed class GenerationTests(LanguageModelClusterFixture fixture)
         var silos = new HashSet<string>();
         var actual = await Collect(async (tokens, ct) =>
         {
-            var step = await grain.Append(tokens, ct);
+            var step = await grain.Append(tokens, null, ct);
             silos.Add(step.Silo);
             return step.Logits;
         }, prompt, Greedy);
@@ -75,7 +75,7 @@ public sealed class GenerationTests(LanguageModelClusterFixture fixture)
         using var local = DecoderSession.InProcess(TinyModelPlugins(), fixture.CheckpointPath, TinyModel.Services, "lm");
         var expected = await Collect(local.AppendAsync, prompt, options);
         var grain = fixture.Cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
-        var actual = await Collect(async (tokens, ct) => (await grain.Append(tokens, ct)).Logits, prompt, options);
+        var actual = await Collect(async (tokens, ct) => (await grain.Append(tokens, null, ct)).Logits, prompt, options);
         await grain.Close();
         Assert.Equal(expected, actual);
     }
@@ -118,6 +118,53 @@ public sealed class GenerationTests(LanguageModelClusterFixture fixture)
         Assert.InRange(drawn.Count(t => t == 0) / 2000.0, 0.56, 0.69); // 0.5 / 0.8
         var again = new TokenSampler(1.0, 0.75, seed: 7);
         Assert.Equal(drawn.Take(100), Enumerable.Range(0, 100).Select(_ => again.Next(logits)));
+    }
+
+    [Theory]
+    [InlineData("topp", false)]
+    [InlineData("capacity", false)]
+    [InlineData(null, true)]
+    public async Task Other_routings_and_self_contrast_decoding_give_the_same_tokens_across_two_silos(string? router, bool scmoe)
+    {
+        var prompt = Prompt();
+        var options = Greedy with { MaxTokens = 12 };
+        var contrast = new SelfContrastDecoding();
+        var local = new List<DecoderSession>();
+        DecoderStepAsync LocalSession(string? r)
+        {
+            var s = DecoderSession.InProcess(TinyModelPlugins(), fixture.CheckpointPath, TinyModel.Services, "lm", r);
+            local.Add(s);
+            return s.AppendAsync;
+        }
+        var grains = new List<IDecoderSessionGrain>();
+        DecoderStepAsync GrainSession(string? r)
+        {
+            var g = fixture.Cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
+            grains.Add(g);
+            return async (tokens, ct) => (await g.Append(tokens, r, ct)).Logits;
+        }
+        try
+        {
+            var expected = await Collect(scmoe ? contrast.Step(LocalSession(router), LocalSession(contrast.WeakRouter)) : LocalSession(router), prompt, options);
+            var actual = await Collect(scmoe ? contrast.Step(GrainSession(router), GrainSession(contrast.WeakRouter)) : GrainSession(router), prompt, options);
+            Assert.Equal(expected, actual);
+        }
+        finally
+        {
+            foreach (var s in local) s.Dispose();
+            foreach (var g in grains) await g.Close();
+        }
+    }
+
+    [Fact]
+    public async Task An_unknown_router_is_a_clear_error()
+    {
+        var grain = fixture.Cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
+        var error = await Assert.ThrowsAnyAsync<Exception>(() => grain.Append([1, 2], "no-such-router"));
+        Assert.Contains("no-such-router", error.Message);
+        await grain.Close();
+        using var local = DecoderSession.InProcess(TinyModelPlugins(), fixture.CheckpointPath, TinyModel.Services, "lm", "no-such-router");
+        Assert.Contains("no-such-router", (await Assert.ThrowsAsync<UnknownExpertException>(() => local.AppendAsync([1, 2]))).Message);
     }
 
     private static global::MoeGrains.Plugins.PluginCatalog TinyModelPlugins() => TinyModel.BuiltIn();
