@@ -87,17 +87,22 @@ internal static class GenerateCommand
         var started = Stopwatch.StartNew();
         try
         {
+            // The experts per token of the first (strong) session, per layer.
+            Func<double[]>? expertsPerToken = null;
             DecoderStepAsync Session(string? routerName)
             {
                 if (cluster is null)
                 {
                     var session = DecoderSession.InProcess(PluginCatalog.Load(CliPaths.Plugins), path, CliServices.Provider, "lm", routerName);
                     sessions.Add(session);
+                    expertsPerToken ??= () => [.. session.ExpertSlots.Select(e => (double)e / Math.Max(1, session.Position))];
                     return session.AppendAsync;
                 }
                 var grain = cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
                 grains.Add(grain);
-                return async (tokens, token) => (await grain.Append(tokens, routerName, token)).Logits;
+                DecoderStep? last = null;
+                expertsPerToken ??= () => last is null ? [] : [.. last.ExpertSlots.Select(e => (double)e / Math.Max(1, last.Position))];
+                return async (tokens, token) => (last = await grain.Append(tokens, routerName, token)).Logits;
             }
             if (silos > 0)
             {
@@ -117,16 +122,16 @@ internal static class GenerateCommand
             }
             var setup = started.Elapsed;
 
-            if (!asJson)
-            {
-                Console.Write(prompt);
-            }
             var generated = new List<int>();
             var printed = 0;
             var sw = Stopwatch.StartNew();
             TimeSpan? firstToken = null;
             await foreach (var token in TextGeneration.GenerateAsync(step, ids, options, context, ct))
             {
+                if (firstToken is null && !asJson)
+                {
+                    Console.Write(prompt); // only once the request has proved servable
+                }
                 firstToken ??= sw.Elapsed;
                 generated.Add(token);
                 if (!asJson)
@@ -143,20 +148,23 @@ internal static class GenerateCommand
             var elapsed = sw.Elapsed;
             var continuation = tokenizer.Decode(generated);
             var speed = generated.Count / Math.Max(elapsed.TotalSeconds, 1e-9);
+            var perLayer = expertsPerToken?.Invoke() ?? [];
             if (asJson)
             {
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
                     prompt, text = continuation, tokens = generated.Count, prompt_tokens = ids.Length, mode = silos == 0 ? "in-process" : "cluster", silos, router, scmoe = contrast is not null,
                     temperature = options.Temperature, top_p = options.TopP, seed = options.Seed, setup_seconds = setup.TotalSeconds,
-                    first_token_ms = firstToken?.TotalMilliseconds, seconds = elapsed.TotalSeconds, tokens_per_s = speed, token_ids = generated,
+                    first_token_ms = firstToken?.TotalMilliseconds, seconds = elapsed.TotalSeconds, tokens_per_s = speed,
+                    experts_per_token = perLayer.Length == 0 ? 0 : perLayer.Average(), experts_per_token_by_layer = perLayer, token_ids = generated,
                 }, BenchCommands.JsonOptions));
             }
             else
             {
                 if (printed < continuation.Length) Console.Write(continuation[printed..]);
                 Console.WriteLine();
-                Console.Error.WriteLine($"[{generated.Count} tokens {where} in {elapsed.TotalSeconds:F2} s: {speed:F1} tokens/s; first token after {firstToken?.TotalMilliseconds:F0} ms; set-up {setup.TotalSeconds:F1} s]");
+                Console.Error.WriteLine($"[{generated.Count} tokens {where} in {elapsed.TotalSeconds:F2} s: {speed:F1} tokens/s; first token after {firstToken?.TotalMilliseconds:F0} ms; set-up {setup.TotalSeconds:F1} s; " +
+                    $"{(perLayer.Length == 0 ? 0 : perLayer.Average()):F2} experts per token (by layer: {string.Join(", ", perLayer.Select(e => e.ToString("F2", System.Globalization.CultureInfo.InvariantCulture)))})]");
             }
             return 0;
         }

@@ -7,8 +7,11 @@ using static TorchSharp.torch;
 
 namespace MoeGrains.Generation;
 
+/// <summary>What one mixture-of-experts layer step returned: its output and how many (token, expert) pairs it computed.</summary>
+public sealed record MoeLayerAnswer(Tensor Output, int ExpertSlots);
+
 /// <summary>Runs one mixture-of-experts layer on hidden states <c>[tokens, d_model]</c>: the in-process dispatcher or the layer grain.</summary>
-public delegate Task<Tensor> MoeLayerCallAsync(int layer, Tensor hidden, CancellationToken cancellationToken);
+public delegate Task<MoeLayerAnswer> MoeLayerCallAsync(int layer, Tensor hidden, CancellationToken cancellationToken);
 
 /// <summary>
 /// One generation session of a decoder checkpoint in Mixtral's layout. The backbone (token embedding, each block's
@@ -33,6 +36,7 @@ public sealed class DecoderSession : IDisposable
     {
         (Spec, _embed, _attention, _norms, _head, _moe, _lane, _owned) = (spec, embed, attention, norms, head, moe, lane, owned);
         VocabSize = head.Descriptor.OutputDim;
+        ExpertSlots = new long[attention.Length];
     }
 
     public ModelSpec Spec { get; }
@@ -44,6 +48,9 @@ public sealed class DecoderSession : IDisposable
 
     /// <summary>Tokens fed so far.</summary>
     public long Position { get; private set; }
+
+    /// <summary>(token, expert) pairs computed so far, per layer: divided by <see cref="Position"/>, the experts per token.</summary>
+    public long[] ExpertSlots { get; private set; } = [];
 
     /// <summary>Creates the backbone stages from the checkpoint (synchronous: call it on the device lane).</summary>
     public static DecoderSession Create(PluginCatalog plugins, ModelSpec spec, SafeTensorsFile checkpoint, Device device, IServiceProvider services,
@@ -119,7 +126,7 @@ public sealed class DecoderSession : IDisposable
         {
             var file = SafeTensorsFile.Open(checkpointPath);
             MoeLayerCallAsync moe = router is null
-                ? async (layer, hidden, ct) => (await local.ForwardLayerAsync(layer, hidden, cancellationToken: ct).ConfigureAwait(false)).Output
+                ? async (layer, hidden, ct) => Answer(await local.ForwardLayerAsync(layer, hidden, cancellationToken: ct).ConfigureAwait(false))
                 : async (layer, hidden, ct) =>
                 {
                     if (!routers.TryGetValue(layer, out var r))
@@ -132,7 +139,7 @@ public sealed class DecoderSession : IDisposable
                         using var noGrad = no_grad();
                         return Task.FromResult(new ExpertAnswer(local.Expert(layer, e).Forward(batch), "local", 0, 0));
                     }, 1, TimeSpan.FromMinutes(5), ct).ConfigureAwait(false);
-                    return result.Output;
+                    return Answer(result);
                 };
             return Create(plugins, local.Spec, file, CPU, services, moe, InlineLane.Instance, owned);
         }
@@ -142,6 +149,8 @@ public sealed class DecoderSession : IDisposable
             throw;
         }
     }
+
+    private static MoeLayerAnswer Answer(MoeLayerOutput result) => new(result.Output, result.Calls.Sum(c => c.Tokens));
 
     private sealed class Owned(LocalMoeModel local, Dictionary<int, IRouter> routers) : IDisposable
     {
@@ -181,7 +190,9 @@ public sealed class DecoderSession : IDisposable
                 Tensor moe;
                 try
                 {
-                    moe = await _moe(layer, normed, cancellationToken);
+                    var answer = await _moe(layer, normed, cancellationToken);
+                    moe = answer.Output;
+                    ExpertSlots[layer] += answer.ExpertSlots;
                 }
                 finally
                 {

@@ -37,7 +37,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             throw new GenerationRequestException($"The prompt has {tokens.Length} tokens; the model's context holds {session.ContextLength}.");
         }
         var logits = await session.AppendAsync(tokens, cancellationToken);
-        return new DecoderStep(logits, session.Position, RuntimeIdentity);
+        return new DecoderStep(logits, session.Position, RuntimeIdentity) { ExpertSlots = [.. session.ExpertSlots] };
     }
 
     private Task<DecoderSession> Start(string? router, CancellationToken cancellationToken)
@@ -56,7 +56,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(hidden, TensorDType.Float32, wire.Value.MaxTensorBytes), ct);
             var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer)).Forward(new MoeLayerRequest(payload) { Router = router }, ct);
-            return await lane.RunAsync(() => result.Output.ToTensor(device.Device), ct);
+            return new MoeLayerAnswer(await lane.RunAsync(() => result.Output.ToTensor(device.Device), ct), result.Calls.Sum(c => c.Tokens));
         }, lane), cancellationToken);
     }
 

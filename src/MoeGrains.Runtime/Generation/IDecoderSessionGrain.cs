@@ -27,4 +27,8 @@ public interface IDecoderSessionGrain : IGrainWithStringKey
 public sealed record DecoderStep(
     [property: Id(0)] float[] Logits,
     [property: Id(1)] long Position,
-    [property: Id(2)] string Silo);
+    [property: Id(2)] string Silo)
+{
+    /// <summary>(token, expert) pairs computed in the session so far, per layer.</summary>
+    [Id(3)] public long[] ExpertSlots { get; init; } = [];
+}

@@ -59,6 +59,8 @@ public sealed class GenerationTests(LanguageModelClusterFixture fixture)
         await grain.Close();
         Assert.Equal(expected, actual);
         Assert.Equal(24, actual.Count);
+        Assert.Equal(local.Position, 0L + prompt.Length + 23);
+        Assert.All(local.ExpertSlots, slots => Assert.Equal(2 * local.Position, slots)); // top-2: two experts per token in every layer
         Assert.Single(silos); // the session (backbone and KV cache) stays where it started
 
         // The experts themselves are spread over both silos.
