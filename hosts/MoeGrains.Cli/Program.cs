@@ -14,4 +14,5 @@ var root = new RootCommand("moe: run mixture-of-experts models on a Microsoft Or
     RetrievalCommands.Eval(),
     PlaceCommand.Create(),
 };
+RoutingEvalCommand.Register(root);
 return await root.Parse(args).InvokeAsync();

@@ -162,7 +162,14 @@ public sealed class DecoderSession : IDisposable
     }
 
     /// <summary>Feeds <paramref name="tokens"/> after those already fed; returns the next-token logits after the last one.</summary>
-    public async Task<float[]> AppendAsync(long[] tokens, CancellationToken cancellationToken = default)
+    public async Task<float[]> AppendAsync(long[] tokens, CancellationToken cancellationToken = default) =>
+        (await ForwardAsync(tokens, allPositions: false, cancellationToken))[0];
+
+    /// <summary>Feeds <paramref name="tokens"/>; returns the next-token logits after each of them (for evaluation).</summary>
+    public Task<float[][]> AppendAllAsync(long[] tokens, CancellationToken cancellationToken = default) =>
+        ForwardAsync(tokens, allPositions: true, cancellationToken);
+
+    private async Task<float[][]> ForwardAsync(long[] tokens, bool allPositions, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(tokens);
         if (tokens.Length == 0)
@@ -208,7 +215,9 @@ public sealed class DecoderSession : IDisposable
             var logits = await _lane.RunAsync(() =>
             {
                 using var scope = NewDisposeScope();
-                return _head.Forward(last.narrow(0, last.shape[0] - 1, 1)).to_type(ScalarType.Float32).cpu().data<float>().ToArray();
+                var rows = allPositions ? last : last.narrow(0, last.shape[0] - 1, 1);
+                var flat = _head.Forward(rows).to_type(ScalarType.Float32).cpu().data<float>().ToArray();
+                return flat.Chunk(VocabSize).ToArray();
             }, cancellationToken);
             Position += tokens.Length;
             return logits;

@@ -159,6 +159,29 @@ public sealed class GenerationTests(LanguageModelClusterFixture fixture)
     }
 
     [Fact]
+    public async Task Routing_evaluation_measures_the_models_own_loss_and_experts_per_token()
+    {
+        var (file, configJson) = LanguageModelCheckpoint.Open(fixture.CheckpointPath);
+        using var model = new MixtralForCausalLM(MixtralConfig.FromJson(configJson!));
+        var weights = LanguageModelCheckpoint.LoadAll(file);
+        model.LoadStateDict(weights);
+        foreach (var t in weights.Values) t.Dispose();
+        var ids = TextTokenizers.FromMetadata(file.Metadata).Encode(TinyLanguageModel.Corpus(2));
+        var windows = RoutingEvaluation.Windows(ids, 32, 3);
+        var evaluation = new RoutingEvaluation(TinyModelPlugins(), fixture.CheckpointPath, TinyModel.Services);
+
+        var (loss, layers) = await evaluation.HeldOutAsync(null, windows);
+        using var x = tensor(windows.SelectMany(w => w.Take(31)).Select(t => (long)t).ToArray(), [3, 31]);
+        using var y = tensor(windows.SelectMany(w => w.Skip(1)).Select(t => (long)t).ToArray(), [3, 31]);
+        using var expected = model.Loss(x, y);
+        Assert.Equal(expected.LanguageModel.item<float>(), loss!.Value, 3);
+        Assert.All(layers, e => Assert.Equal(2.0, e, 6));
+
+        var (_, rank) = await evaluation.HeldOutAsync("rank", windows);
+        Assert.All(rank, e => Assert.Equal(1.0, e, 6));
+    }
+
+    [Fact]
     public async Task An_unknown_router_is_a_clear_error()
     {
         var grain = fixture.Cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
