@@ -17,6 +17,9 @@ namespace MoeGrains.Cli.Commands;
 /// </summary>
 internal static class RoutingEvalCommand
 {
+    // Every field of every policy is written, null included (SCMoE has no held-out loss, nothing has bAbI yet).
+    private static readonly JsonSerializerOptions Json = new(BenchCommands.JsonOptions) { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never };
+
     /// <summary>Adds <c>routing</c> under the <c>eval</c> command (creating it when no other capability has).</summary>
     public static void Register(RootCommand root)
     {
@@ -141,7 +144,7 @@ internal static class RoutingEvalCommand
                     name = p.Name, heldout_loss = p.HeldOutLoss, babi_accuracy = p.BabiAccuracy, experts_per_token = p.ExpertsPerToken,
                     experts_per_token_by_layer = p.ExpertsPerTokenByLayer, flops_vs_top2 = p.FlopsVsTop2, tokens_per_s = p.TokensPerSecond,
                 }),
-            }, BenchCommands.JsonOptions));
+            }, Json));
             return 0;
         }
         var table = new Table().Title($"routing policies: {heldOutTokens:N0} held-out tokens ({windows.Length} windows), speed over {tokens} greedy tokens {(silos > 0 ? $"through {silos} silos" : "in process")}")
