@@ -28,7 +28,7 @@ internal static class GenerateCommand
         var silos = new Option<int>("--silos") { Description = "0: everything in this process; N: a local cluster of N silos (experts spread over them)", DefaultValueFactory = _ => 0 };
         // One token at a time is a chain of tiny operations: one thread beats a team that waits for each other (much more
         // so on a busy machine, where OpenMP's spinning threads are descheduled).
-        var threads = new Option<int>("--threads") { Description = "libtorch threads (default 1)", DefaultValueFactory = _ => 1 };
+        var threads = new Option<int>("--threads") { Description = "libtorch threads", DefaultValueFactory = _ => 1 };
         var json = new Option<bool>("--json") { Description = "Print one JSON object at the end instead of streaming" };
         var router = new Option<string?>("--router") { Description = "Router plugin to use instead of the model's (topk, topp, capacity, rank, ...)" };
         var scmoe = new Option<bool>("--scmoe") { Description = "Self-contrast decoding: the model's routing contrasted with rank-k routing (SCMoE)" };

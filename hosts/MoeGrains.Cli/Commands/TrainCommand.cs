@@ -43,7 +43,7 @@ internal static class TrainCommand
         var seed = new Option<long>("--seed") { DefaultValueFactory = _ => 1337 };
         // One thread by default: on a shared machine a two-thread OpenMP team spends its time waiting for a descheduled member
         // (measured here: 2.7-4.1k tokens/s with one thread, 0.8-3k with two); on an idle machine try --threads 2.
-        var threads = new Option<int>("--threads") { Description = "libtorch threads (default 1)", DefaultValueFactory = _ => 1 };
+        var threads = new Option<int>("--threads") { Description = "libtorch threads", DefaultValueFactory = _ => 1 };
         var resume = new Option<bool>("--resume") { Description = "Continue from the training state in --out (its sizes and tokenizer)" };
         var json = new Option<bool>("--json") { Description = "Print the summary as one JSON object (progress goes to stderr)" };
         var command = new Command("train", "Train the reference Mixtral-style MoE language model on a text file (CPU)")

@@ -79,7 +79,8 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         _session = null;
         if (session is not null)
         {
-            device.Lane.RunAsync(() => { session.Dispose(); return true; });
+            // Released on the device thread, where its tensors live; nothing waits for it.
+            _ = device.Lane.RunAsync(() => { session.Dispose(); return true; });
         }
     }
 }
