@@ -33,7 +33,7 @@ public sealed class FirstAvailableRouter(PluginContext context) : IRouter
 }
 
 /// <summary>
-/// Misbehaves by index, for reliability tests: 2 throws, 3 returns NaN, 4 hangs for 5 s, 5 is slow (100 ms);
+/// Misbehaves by index, for reliability tests: 2 throws, 3 returns NaN, 4 hangs for 10 s, 5 is slow (100 ms);
 /// the others compute (index + 1) * x.
 /// </summary>
 [Expert("test-faulty")]
@@ -50,7 +50,7 @@ public sealed class FaultyExpert(PluginContext context) : IExpert
             case 3:
                 return hiddenStates.mul(float.NaN);
             case 4:
-                Thread.Sleep(5000);
+                Thread.Sleep(10_000);
                 break;
             case 5:
                 Thread.Sleep(100);
