@@ -61,24 +61,13 @@ internal sealed class MoeLayerGrain(
         var wireType = hidden.DType == TensorDType.Int8 ? wire.Value.HiddenDType : hidden.DType;
         var timeout = TimeSpan.FromMilliseconds(request.ExpertTimeoutMs > 0 ? request.ExpertTimeoutMs : options.Value.ExpertTimeoutMs);
         var here = RuntimeIdentity;
-        using var result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, batch, ct) =>
+        MoeLayerOutput result;
+        try
+        {
+            result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, batch, ct) =>
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(batch, wireType, wire.Value.MaxTensorBytes), ct);
-            ExpertResult answer;
-            try
-            {
-                answer = await GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, e)).Forward(payload, ct);
-            }
-            catch (OverloadedException)
-            {
-                throw; // a full queue says nothing about the expert's health
-            }
-            catch
-            {
-                breakers.Record(model, layer, e, success: false);
-                throw;
-            }
-            breakers.Record(model, layer, e, success: true);
+            var answer = await GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, e)).Forward(payload, ct);
             var remote = answer.Silo != here;
             var bytes = remote ? payload.WireBytes + answer.Output.WireBytes : 0;
             MoeGrainsMetrics.ExpertCalls.Add(1, new KeyValuePair<string, object?>("remote", remote));
@@ -86,6 +75,19 @@ internal sealed class MoeLayerGrain(
             var y = await lane.RunAsync(() => answer.Output.ToTensor(device.Device), ct);
             return new ExpertAnswer(y, answer.Silo, answer.ComputeMs, bytes);
         }, request.KMin, timeout, cancellationToken, lane);
+        }
+        catch (ExpertQuorumException e)
+        {
+            foreach (var failed in e.FailedExperts) breakers.Record(model, layer, failed, success: false);
+            throw;
+        }
+        using var _ = result;
+        // Breakers learn from the outcome the request saw (a full queue says nothing about an expert's health).
+        foreach (var call in result.Calls)
+        {
+            if (call.Error is null) breakers.Record(model, layer, call.Expert, success: true);
+            else if (!call.Error.Contains(nameof(OverloadedException), StringComparison.Ordinal)) breakers.Record(model, layer, call.Expert, success: false);
+        }
 
         var output = await lane.RunAsync(() => WireTensor.FromTensor(result.Output, hidden.DType == TensorDType.Int8 ? TensorDType.Float32 : hidden.DType, wire.Value.MaxTensorBytes));
         return new MoeLayerResult(output, result.Calls, here, result.CrossSiloBytes, result.Calls.Length, result.FailedExperts) { BlockedExperts = [.. blocked] };
