@@ -13,23 +13,15 @@ builder.UseOrleans(silo => silo.UseMoeGrainsClustering().UseMoeGrainsTls().AddMo
 
 var app = builder.Build();
 
-// live: the process answers (cheap, local). ready: plugins loaded without errors and every model's checkpoint valid.
+// live: the process answers (cheap, local). ready: joined the cluster, plugins loaded without errors, every model's
+// checkpoint valid (SiloReadiness).
 app.MapGet("/health/live", () => Results.Ok(new { status = "live" }));
-app.MapGet("/health/ready", (PluginCatalog plugins, ModelCatalog models) =>
+app.MapGet("/health/ready", (SiloReadiness readiness) =>
 {
-    var problems = plugins.Errors.Select(e => e.ToString()).ToList();
-    foreach (var name in models.Names)
-    {
-        try
-        {
-            models.Get(name);
-        }
-        catch (MoeGrainsException e)
-        {
-            problems.Add(e.Message);
-        }
-    }
-    return problems.Count == 0 ? Results.Ok(new { status = "ready" }) : Results.Json(new { status = "not ready", problems }, statusCode: 503);
+    var r = readiness.Check();
+    return r.Ready
+        ? Results.Ok(new { status = "ready", silo = r.SiloStatus })
+        : Results.Json(new { status = "not ready", silo = r.SiloStatus, problems = r.Problems }, statusCode: 503);
 });
 app.MapGet("/v1/cluster", async (IGrainFactory grains) => Results.Ok(await grains.GetGrain<IClusterInfoGrain>(0).Silos()));
 app.MapGet("/v1/plugins", (PluginCatalog plugins) => Results.Ok(new

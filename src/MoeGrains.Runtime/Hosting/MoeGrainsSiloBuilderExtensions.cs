@@ -32,6 +32,7 @@ public static class MoeGrainsSiloBuilderExtensions
         builder.Services.AddOptions<TensorWireOptions>().Bind(section.GetSection("Wire"));
         builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<MoeGrainsOptions>, MoeGrainsOptionsValidator>());
         builder.Services.TryAddSingleton<ModelCatalog>();
+        builder.Services.TryAddSingleton<SiloReadiness>();
         builder.Services.TryAddSingleton(TimeProvider.System);
         builder.Services.TryAddSingleton<Reliability.ExpertCircuitBreakers>();
         builder.Services.TryAddSingleton(sp =>
