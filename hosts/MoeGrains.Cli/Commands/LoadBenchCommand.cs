@@ -19,7 +19,7 @@ internal static class LoadBenchCommand
     internal sealed record LoadReport(string Benchmark, int Clients, double Seconds, int Silos, int TokensPerRequest, long Requests, long Errors,
         double RequestsPerS, double TokensPerS, double SingleClientP50Ms, double P50Ms, double P90Ms, double P99Ms, double MaxMs,
         double P99OverSingleClientP50, int SilosBefore, int SilosAfter, long WorkingSetStartBytes, long WorkingSetEndBytes,
-        double MemoryGrowthPct, string[] ErrorKinds, string Machine);
+        double MemoryGrowthPct, int MaxBatchTokens, double MeanCallsPerExpertPass, string[] ErrorKinds, string Machine);
 
     public static Command Create()
     {
@@ -28,19 +28,20 @@ internal static class LoadBenchCommand
         var seconds = new Option<int>("--seconds") { Description = "Duration of the loaded phase", DefaultValueFactory = _ => 60 };
         var silos = new Option<int>("--silos") { Description = "Silos in the local cluster", DefaultValueFactory = _ => 2 };
         var tokens = new Option<int>("--tokens") { Description = "Tokens per request", DefaultValueFactory = _ => 64 };
+        var batch = new Option<int>("--max-batch-tokens") { Description = "Continuous batching per expert (MoeGrains:MaxBatchTokens; 0 = off)", DefaultValueFactory = _ => 4096 };
         var command = new Command("load", "Concurrent clients against a local cluster: throughput, p50, p99, errors, memory growth")
         {
-            json, clients, seconds, silos, tokens,
+            json, clients, seconds, silos, tokens, batch,
         };
         command.SetAction(async (parse, ct) =>
         {
-            var (c, s, n, t) = (parse.GetValue(clients), parse.GetValue(seconds), parse.GetValue(silos), parse.GetValue(tokens));
-            if (c < 1 || s < 1 || n < 1 || t < 1 || t > 65_536)
+            var (c, s, n, t, b) = (parse.GetValue(clients), parse.GetValue(seconds), parse.GetValue(silos), parse.GetValue(tokens), parse.GetValue(batch));
+            if (c < 1 || s < 1 || n < 1 || t < 1 || t > 65_536 || b < 0)
             {
-                Console.Error.WriteLine("--clients, --seconds and --silos must be positive; --tokens between 1 and 65536.");
+                Console.Error.WriteLine("--clients, --seconds and --silos must be positive; --tokens between 1 and 65536; --max-batch-tokens 0 or more.");
                 return 2;
             }
-            var report = await Run(c, s, n, t, !parse.GetValue(json), ct);
+            var report = await Run(c, s, n, t, b, !parse.GetValue(json), ct);
             if (parse.GetValue(json))
             {
                 Console.WriteLine(JsonSerializer.Serialize(report, BenchCommands.JsonOptions));
@@ -53,6 +54,7 @@ internal static class LoadBenchCommand
                 table.AddRow("single-client p50", $"{report.SingleClientP50Ms:F1} ms");
                 table.AddRow("p50 / p90 / p99 / max", $"{report.P50Ms:F1} / {report.P90Ms:F1} / {report.P99Ms:F1} / {report.MaxMs:F1} ms");
                 table.AddRow("p99 / single-client p50", $"{report.P99OverSingleClientP50:F2} (target ≤ 8)");
+                table.AddRow("calls per expert pass (batching)", $"{report.MeanCallsPerExpertPass:F2} (max batch {report.MaxBatchTokens} tokens)");
                 table.AddRow("silos before / after", $"{report.SilosBefore} / {report.SilosAfter}");
                 table.AddRow("working set", $"{report.WorkingSetStartBytes / 1048576.0:F0} → {report.WorkingSetEndBytes / 1048576.0:F0} MiB ({report.MemoryGrowthPct:+0.0;-0.0}%, target < 10%)");
                 AnsiConsole.Write(table);
@@ -62,7 +64,7 @@ internal static class LoadBenchCommand
         return command;
     }
 
-    private static async Task<LoadReport> Run(int clients, int seconds, int silos, int tokens, bool progress, CancellationToken ct)
+    private static async Task<LoadReport> Run(int clients, int seconds, int silos, int tokens, int maxBatchTokens, bool progress, CancellationToken ct)
     {
         var dir = Path.Combine(Path.GetTempPath(), $"moegrains-load-{Environment.ProcessId}");
         Directory.CreateDirectory(dir);
@@ -76,6 +78,7 @@ internal static class LoadBenchCommand
                 o.Device = "cpu";
                 o.PluginFolder = CliPaths.Plugins;
                 o.Models["load"] = path;
+                o.MaxBatchTokens = maxBatchTokens;
             }), cancellationToken: ct);
             var info = cluster.GrainFactory.GetGrain<IClusterInfoGrain>(0);
             var layer = cluster.GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer("load", 0));
@@ -97,6 +100,11 @@ internal static class LoadBenchCommand
             var memoryStart = Process.GetCurrentProcess().WorkingSet64;
             if (progress) AnsiConsole.MarkupLine($"[grey]single-client p50 {Ms(single, 50):F1} ms; {clients} clients for {seconds} s...[/]");
 
+            long passes = 0, passCalls = 0;
+            using var listener = new System.Diagnostics.Metrics.MeterListener();
+            listener.InstrumentPublished = (i, l) => { if (i.Meter.Name == Diagnostics.MoeGrainsMetrics.MeterName && i.Name == "moegrains.expert.batch_calls") l.EnableMeasurementEvents(i); };
+            listener.SetMeasurementEventCallback<long>((_, v, _, _) => { Interlocked.Increment(ref passes); Interlocked.Add(ref passCalls, v); });
+            listener.Start();
             var loaded = new LongHistogram(TimeStamp.Minutes(10), 3);
             long requests = 0, errors = 0;
             var kinds = new System.Collections.Concurrent.ConcurrentDictionary<string, int>();
@@ -131,6 +139,7 @@ internal static class LoadBenchCommand
             return new LoadReport("load", clients, elapsed, silos, tokens, requests, errors, requests / elapsed, requests * tokens / elapsed,
                 p50Single, Ms(loaded, 50), Ms(loaded, 90), Ms(loaded, 99), loaded.GetMaxValue() * 1000.0 / Stopwatch.Frequency,
                 Ms(loaded, 99) / p50Single, silosBefore, silosAfter, memoryStart, memoryEnd, 100.0 * (memoryEnd - memoryStart) / memoryStart,
+                maxBatchTokens, passes == 0 ? 1 : (double)passCalls / passes,
                 [.. kinds.Select(k => $"{k.Key}: {k.Value}")], BenchCommands.Machine());
         }
         finally

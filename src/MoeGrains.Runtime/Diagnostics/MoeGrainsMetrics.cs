@@ -18,5 +18,6 @@ public static class MoeGrainsMetrics
     public static readonly Counter<long> ExpertCalls = Meter.CreateCounter<long>(ExpertCallsName, description: "Expert calls dispatched (tag remote: crossed silos)");
     public static readonly Counter<long> ExpertTokens = Meter.CreateCounter<long>(ExpertTokensName, description: "Tokens computed by expert grains");
     public static readonly Histogram<double> ExpertComputeMs = Meter.CreateHistogram<double>(ExpertComputeName, "ms", "Expert compute time per batch");
+    public static readonly Histogram<long> ExpertBatchCalls = Meter.CreateHistogram<long>("moegrains.expert.batch_calls", "{call}", "Calls served by one expert forward pass (continuous batching)");
     public static readonly Counter<long> CrossSiloBytes = Meter.CreateCounter<long>(CrossSiloBytesName, "By", "Tensor bytes sent between silos by dispatch");
 }

@@ -71,7 +71,20 @@ internal sealed partial class ExpertGrain(
         {
             var key = this.GetPrimaryKeyString();
             var here = RuntimeIdentity;
-            return await device.Lane.RunAsync(() => Compute(key, here, hidden, cancellationToken), cancellationToken);
+            if (options.Value.MaxBatchTokens <= 0)
+            {
+                return await device.Lane.RunAsync(() => Compute(key, here, [new PendingCall(hidden, cancellationToken)])[0]!, cancellationToken);
+            }
+            // Continuous batching: queue the call; if no computation of this expert is queued on the device lane, queue
+            // one. When the lane runs it, it takes every call waiting at that moment (calls that came while the previous
+            // batch ran included) and serves them with one forward pass.
+            var call = new PendingCall(hidden, cancellationToken);
+            _waiting.Enqueue(call);
+            if (Interlocked.CompareExchange(ref _batchQueued, 1, 0) == 0)
+            {
+                _ = device.Lane.RunAsync(() => RunBatch(key, here), CancellationToken.None);
+            }
+            return await call.Done.Task.WaitAsync(cancellationToken);
         }
         finally
         {
@@ -79,43 +92,135 @@ internal sealed partial class ExpertGrain(
         }
     }
 
-    // Runs on the device lane's thread: only the arguments and this grain's plugin fields are touched here.
-    private ExpertResult Compute(string key, string silo, WireTensor hidden, CancellationToken cancellationToken)
+    private readonly System.Collections.Concurrent.ConcurrentQueue<PendingCall> _waiting = new();
+    private int _batchQueued;
+
+    private sealed class PendingCall(WireTensor hidden, CancellationToken cancellationToken)
     {
-        cancellationToken.ThrowIfCancellationRequested();
-        var expert = Ensure(key);
-        var spec = _spec!;
-        if (hidden.Shape.Count != 2 || hidden.Shape[1] != spec.DModel)
+        public WireTensor Hidden { get; } = hidden;
+        public CancellationToken CancellationToken { get; } = cancellationToken;
+        public TaskCompletionSource<ExpertResult> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    // Runs on the device lane's thread: takes the waiting calls (up to MaxBatchTokens tokens; the rest get a new job).
+    private bool RunBatch(string key, string silo)
+    {
+        Volatile.Write(ref _batchQueued, 0);
+        var batch = new List<PendingCall>();
+        long tokens = 0;
+        var max = options.Value.MaxBatchTokens;
+        while (_waiting.TryPeek(out var next) && (batch.Count == 0 || tokens + TokensOf(next) <= max) && _waiting.TryDequeue(out next))
         {
-            throw new TensorValidationException(
-                $"Expert '{key}' expects hidden states [tokens, {spec.DModel}], got [{string.Join(", ", hidden.Shape)}].");
+            if (next.CancellationToken.IsCancellationRequested)
+            {
+                next.Done.TrySetCanceled(next.CancellationToken);
+                continue;
+            }
+            tokens += TokensOf(next);
+            batch.Add(next);
         }
-        var sw = Stopwatch.StartNew();
-        using var scope = NewDisposeScope();
-        using var noGrad = no_grad();
-        var x = hidden.ToTensor(device.Device);
-        if (!TensorChecks.AllFinite(x))
+        if (!_waiting.IsEmpty && Interlocked.CompareExchange(ref _batchQueued, 1, 0) == 0)
         {
-            throw new TensorValidationException($"Expert '{key}' received non-finite values (NaN or Inf).");
+            _ = device.Lane.RunAsync(() => RunBatch(key, silo), CancellationToken.None);
         }
-        Tensor y;
+        if (batch.Count == 0)
+        {
+            return true;
+        }
         try
         {
-            y = expert.Forward(x);
+            var results = Compute(key, silo, batch);
+            for (var i = 0; i < batch.Count; i++)
+            {
+                if (results[i] is { } r) batch[i].Done.TrySetResult(r);
+            }
         }
-        catch (Exception e) when (e is not MoeGrainsException)
+        catch (Exception e)
         {
-            throw new ExpertFailedException($"Expert '{key}' failed: {e.Message}");
+            foreach (var c in batch) c.Done.TrySetException(e);
         }
-        if (!TensorChecks.AllFinite(y))
+        return true;
+    }
+
+    private static long TokensOf(PendingCall call) => call.Hidden.Shape.Count > 0 ? call.Hidden.Shape[0] : 0;
+
+    // Runs on the device lane's thread: only the arguments and this grain's plugin fields are touched here. Each call's
+    // input is checked on its own (a bad one fails that call alone); the valid ones of a dtype share one forward pass,
+    // and each output slice is checked on its own. Returns a result per call, null where the call already failed.
+    private ExpertResult?[] Compute(string key, string silo, IReadOnlyList<PendingCall> calls)
+    {
+        var expert = Ensure(key);
+        var spec = _spec!;
+        var results = new ExpertResult?[calls.Count];
+        using var scope = NewDisposeScope();
+        using var noGrad = no_grad();
+        var inputs = new Tensor?[calls.Count];
+        for (var i = 0; i < calls.Count; i++)
         {
-            throw new ExpertFailedException($"Expert '{key}' produced non-finite values (NaN or Inf).");
+            var hidden = calls[i].Hidden;
+            if (hidden.Shape.Count != 2 || hidden.Shape[1] != spec.DModel)
+            {
+                Fail(calls[i], new TensorValidationException(
+                    $"Expert '{key}' expects hidden states [tokens, {spec.DModel}], got [{string.Join(", ", hidden.Shape)}]."));
+                continue;
+            }
+            var x = hidden.ToTensor(device.Device);
+            if (!TensorChecks.AllFinite(x))
+            {
+                Fail(calls[i], new TensorValidationException($"Expert '{key}' received non-finite values (NaN or Inf)."));
+                continue;
+            }
+            inputs[i] = x;
         }
-        var output = WireTensor.FromTensor(y, hidden.DType == TensorDType.Int8 ? TensorDType.Float32 : hidden.DType, wire.Value.MaxTensorBytes);
-        var ms = sw.Elapsed.TotalMilliseconds;
-        MoeGrainsMetrics.ExpertTokens.Add(hidden.Shape[0]);
-        MoeGrainsMetrics.ExpertComputeMs.Record(ms);
-        return new ExpertResult(output, silo, ms);
+        foreach (var group in Enumerable.Range(0, calls.Count).Where(i => inputs[i] is not null).GroupBy(i => inputs[i]!.dtype))
+        {
+            var members = group.ToArray();
+            var sw = Stopwatch.StartNew();
+            Tensor y;
+            try
+            {
+                y = expert.Forward(members.Length == 1 ? inputs[members[0]]! : cat(members.Select(i => inputs[i]!).ToArray(), 0));
+            }
+            catch (Exception e) when (e is not MoeGrainsException)
+            {
+                throw new ExpertFailedException($"Expert '{key}' failed: {e.Message}");
+            }
+            var ms = sw.Elapsed.TotalMilliseconds;
+            long offset = 0;
+            foreach (var i in members)
+            {
+                var hidden = calls[i].Hidden;
+                var rows = y.narrow(0, offset, hidden.Shape[0]);
+                offset += hidden.Shape[0];
+                if (!TensorChecks.AllFinite(rows))
+                {
+                    Fail(calls[i], new ExpertFailedException($"Expert '{key}' produced non-finite values (NaN or Inf)."));
+                    continue;
+                }
+                try
+                {
+                    var output = WireTensor.FromTensor(rows, hidden.DType == TensorDType.Int8 ? TensorDType.Float32 : hidden.DType, wire.Value.MaxTensorBytes);
+                    results[i] = new ExpertResult(output, silo, ms);
+                }
+                catch (MoeGrainsException e)
+                {
+                    Fail(calls[i], e);
+                }
+            }
+            MoeGrainsMetrics.ExpertTokens.Add(offset);
+            MoeGrainsMetrics.ExpertComputeMs.Record(ms);
+            MoeGrainsMetrics.ExpertBatchCalls.Record(members.Length);
+        }
+        return results;
+
+        void Fail(PendingCall call, Exception e)
+        {
+            if (options.Value.MaxBatchTokens <= 0 && calls.Count == 1)
+            {
+                throw e;
+            }
+            call.Done.TrySetException(e);
+        }
     }
 
     public Task<ExpertInfo> Describe()

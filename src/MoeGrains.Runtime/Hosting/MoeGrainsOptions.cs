@@ -28,6 +28,13 @@ public sealed class MoeGrainsOptions
     /// <summary>Requests one expert may hold (running and waiting) before refusing more at once (default 64).</summary>
     public int MaxQueuedPerExpert { get; set; } = 64;
 
+    /// <summary>
+    /// Continuous batching: calls to one expert that arrive while its previous computation waits or runs are merged into
+    /// one forward pass of at most this many tokens (default 4096; 0 turns merging off). Each caller still gets its own
+    /// rows and its own errors.
+    /// </summary>
+    public int MaxBatchTokens { get; set; } = 4096;
+
     /// <summary>Computations a silo's device may have queued before refusing more at once (default 1024).</summary>
     public int MaxQueuedPerSilo { get; set; } = 1024;
 
