@@ -57,6 +57,12 @@ public sealed record MoeLayerResult(
 {
     /// <summary>Experts skipped because their circuit breaker was open.</summary>
     [Id(6)] public int[] BlockedExperts { get; init; } = [];
+
+    /// <summary>
+    /// Requests served by the layer pass that produced this result (continuous batching; 1 when it ran alone). When
+    /// above 1, <see cref="Calls"/>, <see cref="Messages"/> and <see cref="CrossSiloBytes"/> describe the shared pass.
+    /// </summary>
+    [Id(7)] public int MergedRequests { get; init; } = 1;
 }
 
 /// <summary>One expert call of one layer step.</summary>

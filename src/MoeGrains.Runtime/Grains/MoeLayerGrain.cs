@@ -14,14 +14,26 @@ namespace MoeGrains.Grains;
 /// The grain dispatcher: one MoE layer step as a message flow. Validates the batch, routes it (local router worker),
 /// sends each chosen expert grain one batch concurrently with a deadline, and combines the answers.
 /// </summary>
+/// <remarks>
+/// Reentrant: requests that arrive while a pass of the same layer is in flight wait in the silo's
+/// <see cref="LayerRequestCoalescer"/> and are served together by the next pass (continuous batching).
+/// </remarks>
 [StatelessWorker]
+[Reentrant]
 internal sealed class MoeLayerGrain(
-    ModelCatalog models, SiloDevice device, ExpertCircuitBreakers breakers, IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire)
+    ModelCatalog models, SiloDevice device, ExpertCircuitBreakers breakers, IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire,
+    LayerRequestCoalescer coalescer)
     : Grain, IMoeLayerGrain
 {
-    public async Task<MoeLayerResult> Forward(MoeLayerRequest request, CancellationToken cancellationToken)
+    public Task<MoeLayerResult> Forward(MoeLayerRequest request, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
+        var o = options.Value;
+        return coalescer.RunAsync(this.GetPrimaryKeyString(), request, ForwardAlone, Math.Min(o.MaxBatchTokens, o.MaxTokensPerRequest), device.Lane, cancellationToken);
+    }
+
+    private async Task<MoeLayerResult> ForwardAlone(MoeLayerRequest request, CancellationToken cancellationToken)
+    {
         var (model, layer) = ExpertKey.ParseLayer(this.GetPrimaryKeyString());
         var spec = models.Check(model, layer);
         var hidden = request.Hidden;

@@ -29,9 +29,10 @@ public sealed class MoeGrainsOptions
     public int MaxQueuedPerExpert { get; set; } = 64;
 
     /// <summary>
-    /// Continuous batching: calls to one expert that arrive while its previous computation waits or runs are merged into
-    /// one forward pass of at most this many tokens (default 4096; 0 turns merging off). Each caller still gets its own
-    /// rows and its own errors.
+    /// Continuous batching, in two places: layer requests that arrive while a pass of the same layer is in flight on the
+    /// silo are served together by the next pass (one routing call and one message per expert for all of them), and
+    /// calls to one expert that queue behind its previous computation share one forward pass; at most this many tokens
+    /// each (default 4096; 0 turns both off). Each caller still gets its own rows and its own errors.
     /// </summary>
     public int MaxBatchTokens { get; set; } = 4096;
 

@@ -33,6 +33,7 @@ public static class MoeGrainsSiloBuilderExtensions
         builder.Services.TryAddEnumerable(ServiceDescriptor.Singleton<IValidateOptions<MoeGrainsOptions>, MoeGrainsOptionsValidator>());
         builder.Services.TryAddSingleton<ModelCatalog>();
         builder.Services.TryAddSingleton<SiloReadiness>();
+        builder.Services.TryAddSingleton<Dispatch.LayerRequestCoalescer>();
         builder.Services.TryAddSingleton(TimeProvider.System);
         builder.Services.TryAddSingleton<Reliability.ExpertCircuitBreakers>();
         builder.Services.TryAddSingleton(sp =>

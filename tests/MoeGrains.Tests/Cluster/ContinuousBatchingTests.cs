@@ -7,11 +7,11 @@ using static TorchSharp.torch;
 namespace MoeGrains.Tests.Cluster;
 
 /// <summary>
-/// Continuous batching in the expert grain: calls that queue behind a busy device are served by one forward pass, and
-/// each caller still gets exactly its own rows, or its own error.
+/// Continuous batching: layer requests that arrive while a pass is in flight share the next pass, and expert calls that
+/// queue behind a busy device share one forward pass; each caller still gets exactly its own rows, or its own error.
 /// </summary>
 [Collection(ClusterCollection.Name)]
-public sealed class ExpertBatchingTests(ClusterFixture fixture)
+public sealed class ContinuousBatchingTests(ClusterFixture fixture)
 {
     [Fact]
     public async Task Queued_calls_share_one_forward_pass_and_each_gets_its_own_rows_or_its_own_error()
@@ -56,5 +56,43 @@ public sealed class ExpertBatchingTests(ClusterFixture fixture)
         Assert.Contains("non-finite", e.Message, StringComparison.Ordinal);
         listener.RecordObservableInstruments();
         Assert.True(largestBatch > 1, $"the queued calls were not merged (largest batch {largestBatch})");
+    }
+
+    [Fact]
+    public async Task Layer_requests_that_queue_share_a_pass_and_each_gets_its_own_rows_or_its_own_error()
+    {
+        var layer = fixture.Cluster.GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer("tiny", 0));
+        var inputs = Enumerable.Range(0, 10).Select(i => randn(new long[] { 2 + i, fixture.Spec.DModel }, generator: new Generator((ulong)(300 + i)))).ToArray();
+        var alone = new List<float[]>();
+        foreach (var x in inputs)
+        {
+            var r = await layer.Forward(new MoeLayerRequest(WireTensor.FromTensor(x)), CancellationToken.None);
+            Assert.Equal(1, r.MergedRequests);
+            alone.Add(r.Output.ToTensor(CPU).data<float>().ToArray());
+        }
+
+        // Hold the device's thread: the first request's pass stops at its first tensor step, the others queue behind it.
+        var gate = new ManualResetEventSlim();
+        var hold = DeviceLane.For("cpu").RunAsync(() => gate.Wait(TimeSpan.FromSeconds(1)));
+        var calls = inputs.Select(x => layer.Forward(new MoeLayerRequest(WireTensor.FromTensor(x)), CancellationToken.None)).ToList();
+        var bad = layer.Forward(new MoeLayerRequest(WireTensor.FromTensor(full(new long[] { 4, fixture.Spec.DModel }, float.NaN))), CancellationToken.None);
+        await Task.Delay(300);
+        gate.Set();
+        await hold;
+
+        var results = await Task.WhenAll(calls);
+        Assert.Contains(results, r => r.MergedRequests > 1);
+        for (var i = 0; i < inputs.Length; i++)
+        {
+            var got = results[i].Output.ToTensor(CPU);
+            Assert.Equal(inputs[i].shape, got.shape);
+            var values = got.data<float>().ToArray();
+            for (var j = 0; j < values.Length; j++)
+            {
+                Assert.True(Math.Abs(values[j] - alone[i][j]) <= 1e-5f * (1 + Math.Abs(alone[i][j])), $"request {i}, value {j}: {values[j]} merged vs {alone[i][j]} alone");
+            }
+        }
+        var e = await Assert.ThrowsAsync<TensorValidationException>(() => bad);
+        Assert.Contains("non-finite", e.Message, StringComparison.Ordinal);
     }
 }

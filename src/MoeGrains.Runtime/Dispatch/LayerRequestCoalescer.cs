@@ -1,0 +1,190 @@
+using MoeGrains.Contracts;
+using static TorchSharp.torch;
+
+namespace MoeGrains.Dispatch;
+
+/// <summary>
+/// Continuous batching of MoE layer requests on a silo. A request to a layer that has no pass in flight runs at once,
+/// alone (no added latency when the cluster is quiet). Requests that arrive while a pass is in flight wait, and when it
+/// ends all of them (up to a token limit) run as one pass: one routing call and one message per expert for the lot,
+/// instead of one per request. Each caller gets its own rows. Only requests that agree on everything but their rows
+/// are merged (router, k_min, deadline, masked experts, dtype, width); a request with non-finite values runs alone, and
+/// if a merged pass fails, each of its requests runs again alone, so a bad request or a lost quorum fails that request only.
+/// </summary>
+public sealed class LayerRequestCoalescer
+{
+    private readonly System.Collections.Concurrent.ConcurrentDictionary<string, Queue> _queues = new();
+
+    /// <summary>A layer pass: the grain's own forward for one request (validation included).</summary>
+    public delegate Task<MoeLayerResult> LayerPass(MoeLayerRequest request, CancellationToken cancellationToken);
+
+    private sealed class Queue
+    {
+        public readonly object Gate = new();
+        public bool Busy;
+        public readonly List<Waiting> Waiting = [];
+    }
+
+    private sealed record Waiting(MoeLayerRequest Request, CancellationToken CancellationToken)
+    {
+        public TaskCompletionSource<MoeLayerResult> Done { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    }
+
+    /// <summary>Runs <paramref name="request"/> through <paramref name="pass"/>, merged with concurrent requests of the same layer.</summary>
+    /// <param name="lane">Where tensor work (concatenating, splitting rows) runs: the silo's device lane.</param>
+    public async Task<MoeLayerResult> RunAsync(string layer, MoeLayerRequest request, LayerPass pass, int maxTokens, IComputeLane lane, CancellationToken cancellationToken)
+    {
+        var key = MergeKey(layer, request);
+        if (key is null || maxTokens <= 0)
+        {
+            return await pass(request, cancellationToken).ConfigureAwait(true);
+        }
+        var queue = _queues.GetOrAdd(key, _ => new Queue());
+        Waiting? mine = null;
+        lock (queue.Gate)
+        {
+            if (queue.Busy)
+            {
+                mine = new Waiting(request, cancellationToken);
+                queue.Waiting.Add(mine);
+            }
+            else
+            {
+                queue.Busy = true;
+            }
+        }
+        if (mine is not null)
+        {
+            return await mine.Done.Task.WaitAsync(cancellationToken).ConfigureAwait(true);
+        }
+        try
+        {
+            return await pass(request, cancellationToken).ConfigureAwait(true);
+        }
+        finally
+        {
+            // Serve what queued meanwhile, in this activation's context, without holding up this caller's answer.
+            _ = ServeWaitingAsync(queue, pass, maxTokens, lane);
+        }
+    }
+
+    private static async Task ServeWaitingAsync(Queue queue, LayerPass pass, int maxTokens, IComputeLane lane)
+    {
+        while (true)
+        {
+            List<Waiting> batch = [];
+            lock (queue.Gate)
+            {
+                long tokens = 0;
+                var taken = 0;
+                foreach (var w in queue.Waiting)
+                {
+                    var rows = w.Request.Hidden.Shape.Count > 0 ? w.Request.Hidden.Shape[0] : 0;
+                    if (batch.Count > 0 && tokens + rows > maxTokens) break;
+                    taken++;
+                    if (w.CancellationToken.IsCancellationRequested)
+                    {
+                        w.Done.TrySetCanceled(w.CancellationToken);
+                        continue;
+                    }
+                    tokens += rows;
+                    batch.Add(w);
+                }
+                queue.Waiting.RemoveRange(0, taken);
+                if (taken == 0)
+                {
+                    queue.Busy = false;
+                    return;
+                }
+            }
+            if (batch.Count == 0)
+            {
+                continue;
+            }
+            await ServeAsync(batch, pass, lane).ConfigureAwait(true);
+        }
+    }
+
+    private static async Task ServeAsync(List<Waiting> batch, LayerPass pass, IComputeLane lane)
+    {
+        if (batch.Count == 1)
+        {
+            await Complete(batch[0], pass).ConfigureAwait(true);
+            return;
+        }
+        MoeLayerResult merged;
+        try
+        {
+            // Requests with non-finite values would fail the shared pass: they run alone (and fail alone).
+            var finite = await lane.RunAsync(() => batch.Select(w =>
+            {
+                using var scope = NewDisposeScope();
+                return w.Request.Hidden.ToTensor(CPU).isfinite().all().item<bool>();
+            }).ToArray()).ConfigureAwait(true);
+            var alone = batch.Where((_, i) => !finite[i]).ToList();
+            if (alone.Count > 0)
+            {
+                batch = batch.Where((_, i) => finite[i]).ToList();
+                _ = Task.WhenAll(alone.Select(w => Complete(w, pass)));
+                if (batch.Count <= 1)
+                {
+                    await Task.WhenAll(batch.Select(w => Complete(w, pass))).ConfigureAwait(true);
+                    return;
+                }
+            }
+            var first = batch[0].Request;
+            var hidden = await lane.RunAsync(() =>
+            {
+                using var scope = NewDisposeScope();
+                return WireTensor.FromTensor(cat(batch.Select(w => w.Request.Hidden.ToTensor(CPU)).ToArray(), 0), first.Hidden.DType);
+            }).ConfigureAwait(true);
+            merged = await pass(first with { Hidden = hidden }, CancellationToken.None).ConfigureAwait(true);
+        }
+        catch (Exception)
+        {
+            // A merged pass failed (a lost quorum, a deadline): each runs again alone and gets its own answer.
+            await Task.WhenAll(batch.Select(w => Complete(w, pass))).ConfigureAwait(true);
+            return;
+        }
+        var outputs = await lane.RunAsync(() =>
+        {
+            using var scope = NewDisposeScope();
+            var all = merged.Output.ToTensor(CPU);
+            var parts = new WireTensor[batch.Count];
+            long offset = 0;
+            for (var i = 0; i < batch.Count; i++)
+            {
+                var rows = batch[i].Request.Hidden.Shape[0];
+                parts[i] = WireTensor.FromTensor(all.narrow(0, offset, rows), merged.Output.DType);
+                offset += rows;
+            }
+            return parts;
+        }).ConfigureAwait(true);
+        for (var i = 0; i < batch.Count; i++)
+        {
+            batch[i].Done.TrySetResult(merged with { Output = outputs[i], MergedRequests = batch.Count });
+        }
+    }
+
+    private static async Task Complete(Waiting w, LayerPass pass)
+    {
+        try
+        {
+            w.Done.TrySetResult(await pass(w.Request, w.CancellationToken).ConfigureAwait(true));
+        }
+        catch (OperationCanceledException e)
+        {
+            w.Done.TrySetCanceled(e.CancellationToken);
+        }
+        catch (Exception e)
+        {
+            w.Done.TrySetException(e);
+        }
+    }
+
+    /// <summary>What must agree for two requests to share a pass; null when a request is never merged.</summary>
+    private static string? MergeKey(string layer, MoeLayerRequest r) =>
+        r.Hidden.DType is TensorDType.Float32 or TensorDType.Float16 or TensorDType.BFloat16 && r.Hidden.Shape.Count == 2
+            ? $"{layer}|{r.Router}|{r.KMin}|{r.ExpertTimeoutMs}|{(r.MaskedExperts is null ? "" : string.Join(',', r.MaskedExperts))}|{r.Hidden.DType}|{r.Hidden.Shape[1]}"
+            : null;
+}
