@@ -210,11 +210,11 @@ internal static class DiffusionCommands
             {
                 await using var cluster = await LocalCluster.StartAsync(Math.Max(1, parse.GetValue(silos)), (_, silo) => silo
                     .AddMoeGrains(o => o.Device = "cpu").AddExpertPlugins(CliPaths.Plugins).AddDiffusion(o => o.Models["m"] = folder.Path), cancellationToken: ct);
-                var result = await cluster.GrainFactory.GetGrain<IDiffusionSamplerGrain>("m").Sample(request);
-                images = result.Images.ToTensor();
+                var (sampled, ensemble, backend) = await ClusterDiffusionSampler.SampleAsync(cluster.GrainFactory, "m", folder.Manifest.Experts, request);
+                images = sampled;
                 AnsiConsole.MarkupLine($"[grey]{request.Count} images, {request.Steps} steps, top-{(request.TopK == 0 ? folder.Manifest.Experts : request.TopK)} of {folder.Manifest.Experts} experts in {sw.Elapsed.TotalSeconds:F1} s; " +
-                    $"{result.ExpertImageCalls / (double)request.Count / request.Steps:F2} experts per image-step, {result.Flops / (double)request.Count / 1e6:F1} MFLOP per image[/]");
-                foreach (var s in result.ExpertSilos) AnsiConsole.MarkupLine($"[grey]  {Markup.Escape(s)}[/]");
+                    $"{ensemble.ExpertImageCalls / (double)request.Count / request.Steps:F2} experts per image-step, {ensemble.Flops / (double)request.Count / 1e6:F1} MFLOP per image[/]");
+                foreach (var s in backend.ExpertSilos) AnsiConsole.MarkupLine($"[grey]  {Markup.Escape(s)}[/]");
             }
             using (images)
             {

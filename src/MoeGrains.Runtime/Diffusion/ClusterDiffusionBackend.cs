@@ -1,6 +1,5 @@
 using System.Collections.Concurrent;
 using MoeGrains.Contracts;
-using Orleans.Concurrency;
 using static TorchSharp.torch;
 
 namespace MoeGrains.Diffusion;
@@ -52,20 +51,20 @@ public sealed class ClusterDiffusionBackend : IDiffusionBackend
     }
 }
 
-/// <summary>Runs the ensemble sampler on the silo that asks, calling expert grains wherever they are placed.</summary>
-[StatelessWorker]
-internal sealed class DiffusionSamplerGrain(DiffusionCatalog catalog) : Grain, IDiffusionSamplerGrain
+/// <summary>Sampling through the cluster: the ensemble runs in the caller, each step one message per chosen expert grain.</summary>
+public static class ClusterDiffusionSampler
 {
-    public async Task<DiffusionSamples> Sample(DiffusionSampleRequest request)
+    /// <summary>Validates <paramref name="request"/> against a model of <paramref name="experts"/> experts and samples it.</summary>
+    public static async Task<(Tensor Images, DiffusionEnsemble Ensemble, ClusterDiffusionBackend Backend)> SampleAsync(IGrainFactory grains, string model, int experts,
+        DiffusionSampleRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
-        var model = this.GetPrimaryKeyString();
-        var folder = catalog.Get(model);
-        var experts = folder.Manifest.Experts;
         request.Validate(experts);
-        var backend = await ClusterDiffusionBackend.CreateAsync(GrainFactory, model, experts);
+        var backend = await CreateAsync().ConfigureAwait(false);
         var ensemble = new DiffusionEnsemble(backend);
-        using var images = await ensemble.SampleAsync(request.Count, request.Steps, request.TopK == 0 ? experts : request.TopK, request.Seed);
-        return new DiffusionSamples(WireTensor.FromTensor(images), ensemble.ExpertImageCalls, ensemble.Flops, [.. backend.ExpertSilos]);
+        var images = await ensemble.SampleAsync(request.Count, request.Steps, request.TopK == 0 ? experts : request.TopK, request.Seed).ConfigureAwait(false);
+        return (images, ensemble, backend);
+
+        Task<ClusterDiffusionBackend> CreateAsync() => ClusterDiffusionBackend.CreateAsync(grains, model, experts);
     }
 }

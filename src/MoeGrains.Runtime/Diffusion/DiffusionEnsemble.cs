@@ -102,12 +102,12 @@ public sealed class DiffusionEnsemble(IDiffusionBackend backend)
     }
 
     /// <summary>Generates <paramref name="count"/> images from the seed's noise with <paramref name="steps"/> Euler steps.</summary>
-    public Task<Tensor> SampleAsync(int count, int steps, int topK, long seed)
+    public async Task<Tensor> SampleAsync(int count, int steps, int topK, long seed)
     {
         if (count < 1) throw new ArgumentOutOfRangeException(nameof(count), $"At least one image, got {count}.");
         using var gen = new Generator((ulong)seed);
         using var noise = randn([count, 1, Backend.ImageSize, Backend.ImageSize], generator: gen);
-        return FlowMatching.SampleAsync(noise, steps, (x, t) => VelocityAsync(x, t, topK));
+        return await FlowMatching.SampleAsync(noise, steps, (x, t) => VelocityAsync(x, t, topK)).ConfigureAwait(false);
     }
 
     /// <summary>Mean flow-matching loss of the mixed velocity on images with the given noise and times.</summary>

@@ -30,14 +30,6 @@ public interface IDiffusionRouterGrain : IGrainWithStringKey
     Task<long> FlopsPerImage();
 }
 
-/// <summary>Samples images from a served diffusion model: the ensemble runs here, each expert on its own grain. Stateless worker; key: the model.</summary>
-[Alias("moegrains.IDiffusionSamplerGrain")]
-public interface IDiffusionSamplerGrain : IGrainWithStringKey
-{
-    [Alias("sample")]
-    Task<DiffusionSamples> Sample(DiffusionSampleRequest request);
-}
-
 [GenerateSerializer, Immutable, Alias("moegrains.DiffusionResult")]
 public sealed record DiffusionResult([property: Id(0)] WireTensor Velocity, [property: Id(1)] string Silo);
 
@@ -69,14 +61,6 @@ public sealed record DiffusionSampleRequest(
         if (TopK < 0 || TopK > experts) throw new DiffusionRequestException($"top_k must be 0 (all) .. {experts}, got {TopK}.");
     }
 }
-
-/// <summary>Generated images <c>[n, 1, s, s]</c> in [-1, 1], with what they cost and where the experts ran.</summary>
-[GenerateSerializer, Immutable, Alias("moegrains.DiffusionSamples")]
-public sealed record DiffusionSamples(
-    [property: Id(0)] WireTensor Images,
-    [property: Id(1)] long ExpertImageCalls,
-    [property: Id(2)] long Flops,
-    [property: Id(3)] string[] ExpertSilos);
 
 /// <summary>A diffusion request that is out of range (count, steps, k, image size).</summary>
 [GenerateSerializer, Alias("moegrains.DiffusionRequestException")]

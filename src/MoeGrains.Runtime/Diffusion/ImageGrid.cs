@@ -27,23 +27,19 @@ public static class ImageGrid
         using var bytes = images.detach().cpu().clamp(-1, 1).add(1).mul(127.5).round().to_type(ScalarType.Byte).contiguous();
         var pixels = bytes.data<byte>().ToArray();
         var builder = PngBuilder.Create(width, height, false);
+        // Every pixel is set exactly once: BigGustave's palette bookkeeping counts each call.
         for (var y = 0; y < height; y++)
         {
             for (var x = 0; x < width; x++)
             {
-                builder.SetPixel(40, 40, 60, x, y); // the gaps between cells
-            }
-        }
-        for (var i = 0; i < n; i++)
-        {
-            int ox = gap + i % cols * cell, oy = gap + i / cols * cell;
-            for (var py = 0; py < s * scale; py++)
-            {
-                for (var px = 0; px < s * scale; px++)
+                int cx = x % cell, cy = y % cell, i = y / cell * cols + x / cell;
+                if (cx < gap || cy < gap || i >= n || x / cell >= cols)
                 {
-                    var v = pixels[i * s * s + py / scale * s + px / scale];
-                    builder.SetPixel(v, v, v, ox + px, oy + py);
+                    builder.SetPixel(40, 40, 60, x, y); // the gaps between cells
+                    continue;
                 }
+                var v = pixels[i * s * s + (cy - gap) / scale * s + (cx - gap) / scale];
+                builder.SetPixel(v, v, v, x, y);
             }
         }
         using var ms = new MemoryStream();

@@ -11,7 +11,7 @@ internal static class RetrievalData
         return Directory.Exists(path) ? path : throw new DirectoryNotFoundException($"Shared collection missing: {path} (data folder {root}).");
     }
 
-    private static string? Root
+    internal static string? Root
     {
         get
         {
