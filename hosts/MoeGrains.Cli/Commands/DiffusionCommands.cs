@@ -105,6 +105,14 @@ internal static class DiffusionCommands
                 AnsiConsole.MarkupLine($"[grey]{job}: process {p.Id}[/]");
                 return (Job: job, Process: p, Err: p.StandardError.ReadToEndAsync(ct), Out: p.StandardOutput.ReadToEndAsync(ct));
             }).ToList();
+            // Ctrl+C ends every training process this command started.
+            using var stop = ct.Register(() =>
+            {
+                foreach (var (_, p, _, _) in processes)
+                {
+                    try { p.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+                }
+            });
             var last = new Dictionary<string, (int, bool)>();
             while (processes.Any(p => !p.Process.HasExited))
             {
