@@ -13,6 +13,7 @@ var root = new RootCommand("moe: run mixture-of-experts models on a Microsoft Or
     TrainCommand.Create(),
     RetrievalCommands.Eval(),
     PlaceCommand.Create(),
+    DiffusionCommands.Create(),
 };
 RoutingEvalCommand.Register(root);
 return await root.Parse(args).InvokeAsync();

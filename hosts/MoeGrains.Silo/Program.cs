@@ -1,15 +1,17 @@
 using MoeGrains.Contracts;
+using MoeGrains.Diffusion;
 using MoeGrains.Hosting;
 using MoeGrains.Models;
 using MoeGrains.Plugins;
 using MoeGrains.Security;
+using MoeGrains.Silo.Api;
 
 // A MoeGrains silo: Orleans (localhost or Redis membership), the MoeGrains runtime with its plugin folder and models,
 // and an HTTP API. Configured from appsettings.json, MOEGRAINS_-prefixed environment variables and the command line
 // (for example --Cluster:SiloPort=11112 --MoeGrains:Models:demo=checkpoints/demo.safetensors).
 var builder = WebApplication.CreateBuilder(args);
 builder.Configuration.AddEnvironmentVariables("MOEGRAINS_").AddCommandLine(args);
-builder.UseOrleans(silo => silo.UseMoeGrainsClustering().UseMoeGrainsTls().AddMoeGrains());
+builder.UseOrleans(silo => silo.UseMoeGrainsClustering().UseMoeGrainsTls().AddMoeGrains().AddDiffusion());
 
 var app = builder.Build();
 
@@ -29,5 +31,7 @@ app.MapGet("/v1/plugins", (PluginCatalog plugins) => Results.Ok(new
     plugins = plugins.Entries.Select(e => new { e.Name, kind = e.Kind.ToString(), type = e.Type.FullName, file = e.File, e.Description }),
     errors = plugins.Errors.Select(e => e.ToString()),
 }));
+
+app.MapImageEndpoints();
 
 app.Run();

@@ -12,6 +12,7 @@ public enum PluginKind
     Router,
     RetrieverExpert,
     DiffusionExpert,
+    DiffusionRouter,
 }
 
 /// <summary>A plugin type found in the plugin folder.</summary>
@@ -162,8 +163,9 @@ public sealed class PluginCatalog
         }
         else
         {
-            if (!typeof(IRouter).IsAssignableFrom(type)) return "marked [Router] but does not implement IRouter";
-            kind = PluginKind.Router;
+            if (typeof(IRouter).IsAssignableFrom(type)) kind = PluginKind.Router;
+            else if (typeof(IDiffusionRouter).IsAssignableFrom(type)) kind = PluginKind.DiffusionRouter;
+            else return "marked [Router] but implements neither IRouter nor IDiffusionRouter";
         }
         if (type.GetConstructors(BindingFlags.Public | BindingFlags.Instance).Length == 0)
         {

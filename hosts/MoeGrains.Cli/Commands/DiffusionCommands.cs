@@ -1,0 +1,275 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using MoeGrains.Contracts;
+using MoeGrains.Diffusion;
+using MoeGrains.Hosting;
+using MoeGrains.Plugins;
+using Spectre.Console;
+using static TorchSharp.torch;
+
+namespace MoeGrains.Cli.Commands;
+
+/// <summary>
+/// <c>moe diffusion train|sample|eval</c>: decentralized diffusion on the shared digit data. Training starts one process
+/// per expert (plus the router and the monolith baseline), each with its own checkpoint and progress file.
+/// </summary>
+internal static class DiffusionCommands
+{
+    public static Command Create() => new("diffusion", "Decentralized diffusion: flow-matching experts trained in isolation on data partitions, ensembled by a router")
+    {
+        Train(), Job(), Sample(), Eval(),
+    };
+
+    private static Option<string> ModelOption() => new("--model")
+    {
+        Description = "The model folder (written by train)",
+        DefaultValueFactory = _ => Path.Combine(CliPaths.Checkpoints, "diffusion-optdigits"),
+    };
+
+    private static string Digits() => CliPaths.Data is { } d && Directory.Exists(Path.Combine(d, "digits"))
+        ? Path.Combine(d, "digits")
+        : throw new DirectoryNotFoundException("No digits data: set MOEGRAINS_DATA to the shared data folder (it holds digits/).");
+
+    private static Command Train()
+    {
+        var dataset = new Option<string>("--dataset") { Description = "optdigits (8x8) or mnist (test split, pooled to 14x14)", DefaultValueFactory = _ => DigitData.OptDigits };
+        var experts = new Option<int>("--experts") { Description = "Experts (partitions), K", DefaultValueFactory = _ => 4 };
+        var partition = new Option<string>("--partition") { Description = "kmeans (on pixels) or class (digit mod K)", DefaultValueFactory = _ => Partitioning.KMeans };
+        var steps = new Option<int>("--steps") { Description = "Training steps of each expert", DefaultValueFactory = _ => 1500 };
+        var routerSteps = new Option<int>("--router-steps") { Description = "Training steps of the router", DefaultValueFactory = _ => 1500 };
+        var batch = new Option<int>("--batch") { Description = "Images per step", DefaultValueFactory = _ => 64 };
+        var lr = new Option<double>("--lr") { Description = "Peak learning rate (cosine decay to a tenth)", DefaultValueFactory = _ => 2e-3 };
+        var hidden = new Option<int>("--hidden") { Description = "Hidden channels of each expert (and of the monolith)", DefaultValueFactory = _ => 32 };
+        var seed = new Option<int>("--seed") { Description = "Seed of the partitioning and of every run", DefaultValueFactory = _ => 1 };
+        var output = new Option<string?>("--out") { Description = "Model folder (default checkpoints/diffusion-DATASET)" };
+        var noMonolith = new Option<bool>("--no-monolith") { Description = "Skip the monolith baseline" };
+        var command = new Command("train", "Partition the training images, then train each expert in its own process (concurrently, no communication), the router and the FLOP-matched monolith")
+        {
+            dataset, experts, partition, steps, routerSteps, batch, lr, hidden, seed, output, noMonolith,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            var manifest = new DiffusionManifest
+            {
+                Dataset = parse.GetValue(dataset)!,
+                ImageSize = parse.GetValue(dataset) == DigitData.Mnist ? 14 : 8,
+                Experts = parse.GetValue(experts),
+                Partitioning = parse.GetValue(partition)!,
+                Steps = parse.GetValue(steps),
+                RouterSteps = parse.GetValue(routerSteps),
+                Batch = parse.GetValue(batch),
+                LearningRate = parse.GetValue(lr),
+                HiddenChannels = parse.GetValue(hidden),
+                Seed = parse.GetValue(seed),
+            };
+            DiffusionModelFolder folder;
+            string digits;
+            try
+            {
+                digits = Digits();
+                folder = DiffusionModelFolder.Create(parse.GetValue(output) ?? Path.Combine(CliPaths.Checkpoints, $"diffusion-{manifest.Dataset}"), manifest);
+            }
+            catch (Exception e) when (e is ArgumentException or DirectoryNotFoundException or IOException)
+            {
+                Console.Error.WriteLine(e.Message);
+                return 2;
+            }
+            var sizes = DiffusionJobs.Partition(folder, digits);
+            AnsiConsole.MarkupLine($"[grey]{manifest.Dataset}: {sizes.Sum()} training images, {manifest.Partitioning} partitions of {string.Join(", ", sizes)}[/]");
+
+            // FLOPs are deterministic, so the monolith's matched budget is known before anything trains.
+            var plugins = PluginCatalog.Load(CliPaths.Plugins);
+            long expertFpi, routerFpi;
+            using (var probe = plugins.Create<IDiffusionExpert>(manifest.ExpertPlugin, PluginKind.DiffusionExpert, folder.FreshContext("probe", 0, 0), CliServices.Provider))
+            using (var router = plugins.Create<IDiffusionRouter>(manifest.RouterPlugin, PluginKind.DiffusionRouter, folder.FreshContext("probe", -1, 0), CliServices.Provider))
+            {
+                (expertFpi, routerFpi) = (probe.FlopsPerImage, router.FlopsPerImage);
+            }
+            var budget = 3L * manifest.Batch * (manifest.Experts * (long)manifest.Steps * expertFpi + manifest.RouterSteps * routerFpi);
+            var monolithSteps = DiffusionJobs.MatchedSteps(budget, manifest.Batch, expertFpi);
+            AnsiConsole.MarkupLine($"[grey]expert {expertFpi / 1e6:F2} MFLOP/image, router {routerFpi / 1e6:F2}; experts + router train {budget / 1e12:F3} TFLOP; the monolith gets {monolithSteps} steps[/]");
+
+            var jobs = Enumerable.Range(0, manifest.Experts).Select(k => $"expert-{k}").Append(DiffusionModelFolder.Router).ToList();
+            if (!parse.GetValue(noMonolith)) jobs.Add(DiffusionModelFolder.Monolith);
+            var sw = Stopwatch.StartNew();
+            var processes = jobs.Select(job =>
+            {
+                var args = new List<string> { "diffusion", "job", "--model", folder.Path, "--job", job };
+                if (job == DiffusionModelFolder.Monolith) args.AddRange(["--steps", monolithSteps.ToString(CultureInfo.InvariantCulture)]);
+                var start = ServeCommands.SelfStart(args);
+                start.RedirectStandardOutput = true;
+                start.RedirectStandardError = true;
+                var p = Process.Start(start) ?? throw new InvalidOperationException($"could not start the {job} process");
+                AnsiConsole.MarkupLine($"[grey]{job}: process {p.Id}[/]");
+                return (Job: job, Process: p, Err: p.StandardError.ReadToEndAsync(ct), Out: p.StandardOutput.ReadToEndAsync(ct));
+            }).ToList();
+            // Ctrl+C ends every training process this command started.
+            using var stop = ct.Register(() =>
+            {
+                foreach (var (_, p, _, _) in processes)
+                {
+                    try { p.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+                }
+            });
+            var last = new Dictionary<string, (int, bool)>();
+            while (processes.Any(p => !p.Process.HasExited))
+            {
+                await Task.Delay(2000, ct);
+                foreach (var job in jobs)
+                {
+                    if (DiffusionProgress.Read(folder.ProgressFile(job)) is { } pr && (!last.TryGetValue(job, out var s) || s != (pr.Step, pr.Done)))
+                    {
+                        last[job] = (pr.Step, pr.Done);
+                        if (pr.Step % 500 == 0 || pr.Done) AnsiConsole.MarkupLine($"[grey]{sw.Elapsed.TotalSeconds,6:F0} s  {job,-9} step {pr.Step,6}/{pr.Steps}  loss {pr.Loss:F4}{(pr.Done ? "  done" : "")}[/]");
+                    }
+                }
+            }
+            var failed = 0;
+            foreach (var (job, p, err, _) in processes)
+            {
+                await p.WaitForExitAsync(ct);
+                if (p.ExitCode != 0)
+                {
+                    failed++;
+                    Console.Error.WriteLine($"{job} failed (exit {p.ExitCode}): {await err}");
+                }
+            }
+            AnsiConsole.MarkupLine($"{jobs.Count - failed} of {jobs.Count} runs done in {sw.Elapsed.TotalSeconds:F0} s; model folder {Markup.Escape(folder.Path)}");
+            return failed == 0 ? 0 : 1;
+        });
+        return command;
+    }
+
+    /// <summary>One isolated training run, in this process: what <c>train</c> starts once per expert, router and monolith.</summary>
+    private static Command Job()
+    {
+        var model = ModelOption();
+        var job = new Option<string>("--job") { Description = "expert-K, router or monolith", Required = true };
+        var steps = new Option<int?>("--steps") { Description = "Steps (the monolith's matched budget)" };
+        var threads = new Option<int>("--threads") { Description = "Torch threads of this process", DefaultValueFactory = _ => 1 };
+        var command = new Command("job", "Train one expert, the router or the monolith of a partitioned model folder (started by train)") { model, job, steps, threads };
+        command.Hidden = true;
+        command.SetAction((parse, ct) =>
+        {
+            set_num_threads(Math.Max(1, parse.GetValue(threads)));
+            var folder = DiffusionModelFolder.Open(parse.GetValue(model)!);
+            var plugins = PluginCatalog.Load(CliPaths.Plugins);
+            var name = parse.GetValue(job)!;
+            var digits = Digits();
+            DiffusionTrainingResult result;
+            if (name == DiffusionModelFolder.Router)
+            {
+                result = DiffusionJobs.TrainRouter(folder, digits, plugins, CliServices.Provider);
+            }
+            else if (name == DiffusionModelFolder.Monolith)
+            {
+                result = DiffusionJobs.TrainMonolith(folder, digits, parse.GetValue(steps) ?? folder.Manifest.Steps * folder.Manifest.Experts, plugins, CliServices.Provider);
+            }
+            else if (name.StartsWith("expert-", StringComparison.Ordinal) && int.TryParse(name.AsSpan(7), CultureInfo.InvariantCulture, out var k))
+            {
+                result = DiffusionJobs.TrainExpert(folder, digits, k, plugins, CliServices.Provider);
+            }
+            else
+            {
+                Console.Error.WriteLine($"Unknown job '{name}' (expert-K, router, monolith).");
+                return Task.FromResult(2);
+            }
+            Console.WriteLine($"{name}: {result.Steps} steps, loss {result.FinalLoss:F4}, {result.Flops / 1e12:F4} TFLOP");
+            return Task.FromResult(0);
+        });
+        return command;
+    }
+
+    private static Command Sample()
+    {
+        var model = ModelOption();
+        var n = new Option<int>("--n") { Description = $"Images (1..{DiffusionSampleRequest.MaxCount})", DefaultValueFactory = _ => 64 };
+        var steps = new Option<int>("--steps") { Description = "Euler steps", DefaultValueFactory = _ => 20 };
+        var topK = new Option<int>("--top-k") { Description = "Experts per image and step (0: the full mixture)", DefaultValueFactory = _ => 1 };
+        var seed = new Option<long>("--seed") { Description = "Noise seed", DefaultValueFactory = _ => 1 };
+        var silos = new Option<int>("--silos") { Description = "Silos of the local cluster the expert grains are spread over", DefaultValueFactory = _ => 2 };
+        var output = new Option<string>("--out") { Description = "PNG grid to write", DefaultValueFactory = _ => "grid.png" };
+        var monolith = new Option<bool>("--monolith") { Description = "Sample the monolith baseline in this process instead" };
+        var scale = new Option<int>("--scale") { Description = "Pixels per image pixel in the PNG", DefaultValueFactory = _ => 4 };
+        var command = new Command("sample", "Generate images with the ensemble (expert grains on several silos) and write a PNG grid") { model, n, steps, topK, seed, silos, output, monolith, scale };
+        command.SetAction(async (parse, ct) =>
+        {
+            var folder = DiffusionModelFolder.Open(parse.GetValue(model)!);
+            var request = new DiffusionSampleRequest(parse.GetValue(n), parse.GetValue(steps), parse.GetValue(topK), parse.GetValue(seed));
+            try
+            {
+                request.Validate(folder.Manifest.Experts);
+            }
+            catch (DiffusionRequestException e)
+            {
+                Console.Error.WriteLine(e.Message);
+                return 2;
+            }
+            Tensor images;
+            var sw = Stopwatch.StartNew();
+            if (parse.GetValue(monolith))
+            {
+                images = await DiffusionEvaluation.SampleLocalAsync(folder, PluginCatalog.Load(CliPaths.Plugins), CliServices.Provider, request.Count, request.Steps, 1, request.Seed, monolith: true);
+                AnsiConsole.MarkupLine($"[grey]monolith: {request.Count} images in {sw.Elapsed.TotalSeconds:F1} s[/]");
+            }
+            else
+            {
+                await using var cluster = await LocalCluster.StartAsync(Math.Max(1, parse.GetValue(silos)), (_, silo) => silo
+                    .AddMoeGrains(o => o.Device = "cpu").AddExpertPlugins(CliPaths.Plugins).AddDiffusion(o => o.Models["m"] = folder.Path), cancellationToken: ct);
+                var (sampled, ensemble, backend) = await ClusterDiffusionSampler.SampleAsync(cluster.GrainFactory, "m", folder.Manifest.Experts, request);
+                images = sampled;
+                AnsiConsole.MarkupLine($"[grey]{request.Count} images, {request.Steps} steps, top-{(request.TopK == 0 ? folder.Manifest.Experts : request.TopK)} of {folder.Manifest.Experts} experts in {sw.Elapsed.TotalSeconds:F1} s; " +
+                    $"{ensemble.ExpertImageCalls / (double)request.Count / request.Steps:F2} experts per image-step, {ensemble.Flops / (double)request.Count / 1e6:F1} MFLOP per image[/]");
+                foreach (var s in backend.ExpertSilos) AnsiConsole.MarkupLine($"[grey]  {Markup.Escape(s)}[/]");
+            }
+            using (images)
+            {
+                File.WriteAllBytes(parse.GetValue(output)!, ImageGrid.Png(images, scale: parse.GetValue(scale)));
+            }
+            AnsiConsole.MarkupLine($"wrote {Markup.Escape(parse.GetValue(output)!)}");
+            return 0;
+        });
+        return command;
+    }
+
+    private static Command Eval()
+    {
+        var model = ModelOption();
+        var samples = new Option<int>("--samples") { Description = "Images generated per system", DefaultValueFactory = _ => 500 };
+        var steps = new Option<int>("--steps") { Description = "Euler steps", DefaultValueFactory = _ => 20 };
+        var seed = new Option<long>("--seed") { Description = "Seed of the noise, the times and the classifier", DefaultValueFactory = _ => 11 };
+        var json = new Option<bool>("--json") { Description = "Print one JSON object instead of the table" };
+        var threads = new Option<int>("--threads") { Description = "Torch threads", DefaultValueFactory = _ => 1 };
+        var command = new Command("eval", "Held-out flow-matching loss, Fréchet distance, class coverage and FLOPs of the monolith and the full, top-2 and top-1 ensembles")
+        {
+            model, samples, steps, seed, json, threads,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            set_num_threads(Math.Max(1, parse.GetValue(threads)));
+            var quiet = parse.GetValue(json);
+            var folder = DiffusionModelFolder.Open(parse.GetValue(model)!);
+            var report = await DiffusionEvaluation.RunAsync(folder, Digits(), PluginCatalog.Load(CliPaths.Plugins), CliServices.Provider,
+                new DiffusionEvalOptions { Samples = parse.GetValue(samples), Steps = parse.GetValue(steps), Seed = parse.GetValue(seed) },
+                m => { if (quiet) Console.Error.WriteLine(m); else AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]"); });
+            if (quiet)
+            {
+                Console.WriteLine(JsonSerializer.Serialize(report, new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true }));
+                return 0;
+            }
+            var table = new Table().AddColumns("system", "held-out loss", "Fréchet", "class coverage", "train TFLOP", "sample MFLOP/image", "experts/step");
+            foreach (var s in report.Systems)
+            {
+                table.AddRow(s.Name, s.HeldoutLoss.ToString("F4", CultureInfo.InvariantCulture), s.Frechet.ToString("F2", CultureInfo.InvariantCulture),
+                    s.ClassCoverage.ToString("P0", CultureInfo.InvariantCulture), (s.TrainFlops / 1e12).ToString("F3", CultureInfo.InvariantCulture),
+                    (s.SampleFlopsPerImage / 1e6).ToString("F1", CultureInfo.InvariantCulture), s.ExpertsPerStep.ToString("F2", CultureInfo.InvariantCulture));
+            }
+            AnsiConsole.Write(table);
+            AnsiConsole.MarkupLine($"[grey]classifier accuracy {report.ClassifierAccuracy:P1}; training images vs held-out Fréchet {report.ReferenceFrechet:F2}[/]");
+            return 0;
+        });
+        return command;
+    }
+}
