@@ -73,6 +73,6 @@ static void Print(JsonElement result)
     foreach (var hit in result.GetProperty("hits").EnumerateArray())
     {
         var text = (hit.GetProperty("title").GetString() + " " + hit.GetProperty("text").GetString()).Trim();
-        Console.WriteLine($"  {hit.GetProperty("rank").GetInt32(),2}. {hit.GetProperty("id").GetString(),-6} {hit.GetProperty("score").GetSingle(),8:F3}  {string.Join(' ', text.Split(' ', StringSplitOptions.RemoveEmptyEntries).Take(12))} ...");
+        Console.WriteLine($"  {hit.GetProperty("rank").GetInt32(),2}. {hit.GetProperty("id").GetString(),-6} {hit.GetProperty("score").GetSingle(),8:F3}  {string.Join(' ', text.Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries).Take(12))} ...");
     }
 }

@@ -89,6 +89,10 @@ public static class RetrievalEndpoints
         {
             return BadRequest(e.Field, e.Message);
         }
+        catch (MoeGrainsException e)
+        {
+            return ServerError(e);
+        }
     }
 
     /// <summary>Body: <c>{"collection": "med", "query": "...", "k": 10, "expert": "minilm"}</c> (k default 10, expert optional: routed when absent).</summary>
@@ -127,6 +131,10 @@ public static class RetrievalEndpoints
         {
             return BadRequest(e.Field, e.Message);
         }
+        catch (MoeGrainsException e)
+        {
+            return ServerError(e);
+        }
     }
 
     private static async Task<JsonDocument> ReadBody(HttpRequest http)
@@ -160,6 +168,10 @@ public static class RetrievalEndpoints
         }
         return value.ValueKind == JsonValueKind.String ? value.GetString() : throw new RetrievalRequestException(name, $"\"{name}\" must be a string.");
     }
+
+    /// <summary>A failure of the cluster, not of the request (a plugin that is not loaded or failed): 503, its message as JSON.</summary>
+    private static IResult ServerError(MoeGrainsException e) =>
+        Results.Json(new { error = new { message = e.Message, type = "server_error", param = (string?)null } }, statusCode: StatusCodes.Status503ServiceUnavailable);
 
     private static IResult BadRequest(string field, string message) =>
         Results.Json(new { error = new { message, type = "invalid_request_error", param = field } }, statusCode: StatusCodes.Status400BadRequest);
