@@ -12,6 +12,7 @@ var root = new RootCommand("moe: run mixture-of-experts models on a Microsoft Or
     GenerateCommand.Create(),
     TrainCommand.Create(),
     RetrievalCommands.Eval(),
+    RetrieveCommand.Create(),
     PlaceCommand.Create(),
     DiffusionCommands.Create(),
 };

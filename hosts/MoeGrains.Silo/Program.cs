@@ -31,6 +31,7 @@ app.MapGet("/v1/plugins", (PluginCatalog plugins) => Results.Ok(new
     plugins = plugins.Entries.Select(e => new { e.Name, kind = e.Kind.ToString(), type = e.Type.FullName, file = e.File, e.Description }),
     errors = plugins.Errors.Select(e => e.ToString()),
 }));
+app.MapRetrieval();
 
 app.MapImageEndpoints();
 

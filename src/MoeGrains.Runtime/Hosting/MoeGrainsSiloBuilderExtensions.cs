@@ -57,6 +57,7 @@ public static class MoeGrainsSiloBuilderExtensions
             return catalog;
         });
         builder.AddPlacementDirector<ExpertPlacementStrategy, ExpertPlacementDirector>();
+        Retrieval.Serving.RetrievalSiloBuilderExtensions.AddMoeGrainsRetrieval(builder);
 
         // Advertise the device now: silo metadata is fixed when the silo starts.
         var eager = new MoeGrainsOptions();

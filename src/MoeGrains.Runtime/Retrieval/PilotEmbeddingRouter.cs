@@ -96,6 +96,25 @@ public sealed class PilotEmbeddingRouter
             var nearest = similarity.argmax(1).data<long>().ToArray();
             return [.. nearest.Select(p => _pilotExperts[p])];
         }
+        return [.. MeanPerExpert(similarity).argmax(1).data<long>().ToArray().Select(x => (int)x)];
+    }
+
+    /// <summary>Each query's mean similarity to each expert's pilots <c>[queries][experts]</c> (−∞ for an expert without pilots).</summary>
+    public float[][] ExpertSimilarities(Tensor queryEmbeddings)
+    {
+        ArgumentNullException.ThrowIfNull(queryEmbeddings);
+        if (_pilots is null)
+        {
+            throw new InvalidOperationException("Call Fit before ExpertSimilarities.");
+        }
+        using var scope = NewDisposeScope();
+        var perExpert = MeanPerExpert(queryEmbeddings.to_type(ScalarType.Float32).matmul(_pilots.t())).contiguous();
+        var values = perExpert.data<float>().ToArray();
+        return [.. Enumerable.Range(0, (int)perExpert.shape[0]).Select(q => values.AsSpan(q * Experts.Count, Experts.Count).ToArray())];
+    }
+
+    private Tensor MeanPerExpert(Tensor similarity)
+    {
         var perExpert = full(similarity.shape[0], Experts.Count, float.NegativeInfinity);
         for (var e = 0; e < Experts.Count; e++)
         {
@@ -105,6 +124,6 @@ public sealed class PilotEmbeddingRouter
                 perExpert[TensorIndex.Colon, e] = similarity.index_select(1, tensor(columns)).mean([1]);
             }
         }
-        return [.. perExpert.argmax(1).data<long>().ToArray().Select(x => (int)x)];
+        return perExpert;
     }
 }

@@ -59,6 +59,11 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
     public const string Fusion = "fusion";
     public const string RouterNearest = "router-nearest-pilot";
     public const string RouterMean = "router-mean-similarity";
+    public const string RouterDomain = "router-domain-pilots";
+    public const string RouterWeighted = "router-weighted-fusion";
+
+    /// <summary>Softmax temperature of <see cref="RouterWeighted"/>'s weights over mean pilot similarities (fixed, not tuned on any query).</summary>
+    public const double WEIGHT_TEMPERATURE = 0.05;
     public const string Oracle = "oracle";
 
     private readonly RetrievalBenchmarkOptions _options = options ?? new RetrievalBenchmarkOptions();
@@ -129,6 +134,8 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
         // Routers: one cross-validated pass over all collections at once.
         var nearest = new Dictionary<(string, string), int>();
         var mean = new Dictionary<(string, string), int>();
+        var domain = new Dictionary<(string, string), int>();
+        var weights = new Dictionary<(string, string), float[]>();
         if (canRoute)
         {
             var folds = new Dictionary<(string, string), int>();
@@ -163,6 +170,39 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
                     {
                         choices[(test[i].Collection, test[i].Query)] = routed[i];
                     }
+                    if (match == PilotMatch.MeanSimilarity)
+                    {
+                        var similarities = router.ExpertSimilarities(embeddings);
+                        for (var i = 0; i < test.Count; i++)
+                        {
+                            weights[(test[i].Collection, test[i].Query)] = Softmax(similarities[i], WEIGHT_TEMPERATURE);
+                        }
+                    }
+                }
+                // Domain pilots: one per collection, the centroid of its training queries, labelled with the expert of
+                // the best mean nDCG@10 on them (a label per domain, not per query: far less noisy).
+                var training = all.Where(q => folds[(q.Collection, q.Query)] != fold).ToList();
+                var domainRouter = new PilotEmbeddingRouter([.. _experts.Select(e => e.Name)], PilotMatch.NearestPilot);
+                foreach (var group in training.GroupBy(q => q.Collection))
+                {
+                    var best = Enumerable.Range(0, _experts.Count).MaxBy(e => group.Average(q => q.Experts[e].Ndcg));
+                    var label = new double[_experts.Count];
+                    label[best] = 1;
+                    foreach (var q in group)
+                    {
+                        domainRouter.AddTrainingQuery(q.Collection, q.RouterEmbedding!, label);
+                    }
+                }
+                var held = all.Where(q => folds[(q.Collection, q.Query)] == fold).ToList();
+                if (held.Count > 0)
+                {
+                    domainRouter.Fit();
+                    using var heldEmbeddings = stack([.. held.Select(q => tensor(q.RouterEmbedding!))]);
+                    var routedByDomain = domainRouter.Route(heldEmbeddings);
+                    for (var i = 0; i < held.Count; i++)
+                    {
+                        domain[(held[i].Collection, held[i].Query)] = routedByDomain[i];
+                    }
                 }
             }
         }
@@ -185,6 +225,11 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
             {
                 systems.Add(Average(RouterNearest, runs.Select(r => r.Experts[nearest[(r.Collection, r.Query)]])));
                 systems.Add(Average(RouterMean, runs.Select(r => r.Experts[mean[(r.Collection, r.Query)]])));
+                systems.Add(Average(RouterDomain, runs.Select(r => r.Experts[domain[(r.Collection, r.Query)]])));
+                if (_experts.Count > 1)
+                {
+                    systems.Add(Average(RouterWeighted, runs.Select(r => Fuse(r, weights[(r.Collection, r.Query)]))));
+                }
                 routerChoices[collections[c].Name] = _experts.Select((e, i) => (e.Name, Count: runs.Count(r => nearest[(r.Collection, r.Query)] == i)))
                     .ToDictionary(p => p.Name, p => p.Count);
             }
@@ -255,11 +300,25 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
         new(ids, scores, RetrievalMetrics.NdcgAt(ids, relevant, 10), RetrievalMetrics.RecallAt(ids, relevant, 100));
 
     /// <summary>Uniform score fusion: each expert's scores min-max normalised over its own list, then summed.</summary>
-    private ExpertRun FuseUniform(QueryRuns query)
+    private ExpertRun FuseUniform(QueryRuns query) => Fuse(query, null);
+
+    /// <summary>Softmax of <paramref name="scores"/> / τ (−∞ scores get weight 0).</summary>
+    internal static float[] Softmax(float[] scores, double temperature)
+    {
+        var max = scores.Where(float.IsFinite).DefaultIfEmpty(0).Max();
+        var exp = scores.Select(s => float.IsFinite(s) ? Math.Exp((s - max) / temperature) : 0).ToArray();
+        var sum = exp.Sum();
+        return [.. exp.Select(e => (float)(sum > 0 ? e / sum : 1.0 / scores.Length))];
+    }
+
+    /// <summary>Score fusion: each expert's scores min-max normalised over its own list, times its weight (1 when none), summed.</summary>
+    private ExpertRun Fuse(QueryRuns query, float[]? weights)
     {
         var fused = new Dictionary<string, float>(StringComparer.Ordinal);
-        foreach (var run in query.Experts)
+        for (var e = 0; e < query.Experts.Length; e++)
         {
+            var run = query.Experts[e];
+            var weight = weights?[e] ?? 1f;
             if (run.Scores.Length == 0)
             {
                 continue;
@@ -269,7 +328,7 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
             for (var i = 0; i < run.Documents.Length; i++)
             {
                 var normalised = range > 0 ? (run.Scores[i] - min) / range : 1f;
-                fused[run.Documents[i]] = fused.GetValueOrDefault(run.Documents[i]) + normalised;
+                fused[run.Documents[i]] = fused.GetValueOrDefault(run.Documents[i]) + weight * normalised;
             }
         }
         var ranked = fused.OrderByDescending(p => p.Value).ThenBy(p => p.Key, StringComparer.Ordinal).Take(_options.Depth).ToArray();

@@ -32,19 +32,35 @@ public sealed class RetrievalBenchmarkTests
             new RetrievalBenchmarkOptions { RouterEncoder = "counting", Cache = new EmbeddingCache(cache.Path) });
         var report = benchmark.Run([Domain("words", true), Domain("topics", false)]);
 
-        var names = new[] { "bm25", "counting", RetrievalBenchmark.Fusion, RetrievalBenchmark.RouterNearest, RetrievalBenchmark.RouterMean, RetrievalBenchmark.Oracle };
+        var names = new[] { "bm25", "counting", RetrievalBenchmark.Fusion, RetrievalBenchmark.RouterNearest, RetrievalBenchmark.RouterMean,
+            RetrievalBenchmark.RouterDomain, RetrievalBenchmark.RouterWeighted, RetrievalBenchmark.Oracle };
         Assert.Equal(names, report.Macro.Select(s => s.Name));
         Assert.All(report.Collections, c => Assert.Equal(names, c.Systems.Select(s => s.Name)));
         Assert.Equal(12, report.Collections[0].Queries);
         foreach (var c in report.Collections)
         {
             var oracle = c.Systems.Single(s => s.Name == RetrievalBenchmark.Oracle).NdcgAt10;
-            Assert.All(c.Systems, s => Assert.True(s.NdcgAt10 <= oracle + 1e-12, $"{s.Name} {s.NdcgAt10} above the oracle {oracle} on {c.Name}"));
+            // The oracle bounds every system that answers with one expert's list (fusions mix lists and may pass it).
+            Assert.All(c.Systems.Where(s => !s.Name.Contains("fusion", StringComparison.Ordinal)),
+                s => Assert.True(s.NdcgAt10 <= oracle + 1e-12, $"{s.Name} {s.NdcgAt10} above the oracle {oracle} on {c.Name}"));
+            // Each domain has one clearly better expert, and its queries are told apart by the router encoder: the
+            // domain pilots pick it for every query.
+            var best = c.Systems.Take(2).Max(s => s.NdcgAt10);
+            Assert.Equal(best, c.Systems.Single(s => s.Name == RetrievalBenchmark.RouterDomain).NdcgAt10, 9);
         }
         Assert.Equal(report.Collections.Average(c => c.Systems[0].NdcgAt10), report.Macro[0].NdcgAt10, 12);
         Assert.Contains("2-fold cross-validation", report.Split);
         // Embeddings were cached on disk, one file per (expert, role, chunk), per collection.
         Assert.NotEmpty(Directory.GetFiles(Path.Combine(cache.Path, "words"), "counting-document-*.safetensors"));
         Assert.Equal(24, report.RouterChoices.Values.Sum(c => c.Values.Sum()));
+    }
+
+    [Fact]
+    public void Softmax_weights_sum_to_one_and_ignore_experts_without_pilots()
+    {
+        var w = RetrievalBenchmark.Softmax([0.30f, 0.25f, float.NegativeInfinity], 0.05);
+        Assert.Equal(1.0, w.Sum(), 5);
+        Assert.Equal(0f, w[2]);
+        Assert.Equal(Math.Exp(1) / (1 + Math.Exp(1)), w[0], 5); // (0.30 - 0.25) / 0.05 = 1
     }
 }
