@@ -15,7 +15,16 @@ public interface IDecoderSessionGrain : IGrainWithStringKey
     [Alias("append")]
     Task<DecoderStep> Append(long[] tokens, string? router = null, CancellationToken cancellationToken = default);
 
-    /// <summary>Ends the session: its KV cache and backbone are released.</summary>
+    /// <summary>
+    /// Checks the request (<see cref="GenerationRequestValidator"/>: options, router, prompt against the context and the
+    /// vocabulary), then generates in this grain: each token is published, as it is chosen, on the Orleans stream
+    /// <see cref="GenerationStreams.Id"/> of this session's key with sequence numbers from 0, then an end marker with the
+    /// reason. Returns once the request is accepted, before the first token; a session generates once.
+    /// </summary>
+    [Alias("generate")]
+    Task<GenerationStarted> Generate(int[] prompt, GenerationOptions options, string? router = null, CancellationToken cancellationToken = default);
+
+    /// <summary>Ends the session (a running generation is cancelled and ends with an error marker): its KV cache and backbone are released.</summary>
     [Alias("close")]
     Task Close();
 
