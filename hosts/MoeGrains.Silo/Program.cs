@@ -3,6 +3,7 @@ using MoeGrains.Hosting;
 using MoeGrains.Models;
 using MoeGrains.Plugins;
 using MoeGrains.Security;
+using MoeGrains.Silo.Api;
 
 // A MoeGrains silo: Orleans (localhost or Redis membership), the MoeGrains runtime with its plugin folder and models,
 // and an HTTP API. Configured from appsettings.json, MOEGRAINS_-prefixed environment variables and the command line
@@ -37,5 +38,6 @@ app.MapGet("/v1/plugins", (PluginCatalog plugins) => Results.Ok(new
     plugins = plugins.Entries.Select(e => new { e.Name, kind = e.Kind.ToString(), type = e.Type.FullName, file = e.File, e.Description }),
     errors = plugins.Errors.Select(e => e.ToString()),
 }));
+app.MapCompletions();
 
 app.Run();

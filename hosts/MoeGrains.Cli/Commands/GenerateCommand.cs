@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
 using MoeGrains.Checkpoints;
+using MoeGrains.Client;
 using MoeGrains.Contracts;
 using MoeGrains.Generation;
 using MoeGrains.Hosting;
@@ -54,12 +55,45 @@ internal static class GenerateCommand
             catch (Exception e) when (e is GenerationRequestException or CheckpointException or ArgumentException or InvalidDataException or UnknownExpertException)
             {
                 Console.Out.Flush();
-                Console.Error.WriteLine($"error: {e.Message}");
+                Console.Error.WriteLine(e is GenerationRequestException { Field: { } field } ? $"error: {field}: {e.Message}" : $"error: {e.Message}");
                 return 2;
+            }
+            catch (GenerationFailedException e)
+            {
+                Console.Out.Flush();
+                Console.Error.WriteLine($"error: the generation failed: {e.Message}");
+                return 1;
             }
         });
         return command;
     }
+
+    /// <summary>The tokens of a streamed generation, checking the sequence numbers; the end marker's failure is thrown.</summary>
+    private static async IAsyncEnumerable<int> Streamed(IAsyncEnumerable<GenerationEvent> events, Action<GenerationEvent> end)
+    {
+        long expected = 0;
+        await foreach (var e in events)
+        {
+            if (e.Sequence != expected)
+            {
+                throw new InvalidOperationException($"Token {expected} expected on the stream, got {e.Sequence}.");
+            }
+            if (e.IsEnd)
+            {
+                end(e);
+                if (e.Finish == FinishReason.Error)
+                {
+                    throw new GenerationFailedException(e.Error ?? "The generation failed.");
+                }
+                yield break;
+            }
+            expected++;
+            yield return e.Token;
+        }
+    }
+
+    /// <summary>A generation that was accepted but failed while it ran (the end marker's error).</summary>
+    private sealed class GenerationFailedException(string message) : Exception(message);
 
     private static async Task<int> Run(string prompt, string checkpoint, GenerationOptions options, string? router, SelfContrastDecoding? contrast,
         int silos, int threads, bool asJson, CancellationToken ct)
@@ -75,12 +109,15 @@ internal static class GenerateCommand
         }
         var file = SafeTensorsFile.Open(path);
         var tokenizer = TextTokenizers.FromMetadata(file.Metadata);
-        var ids = tokenizer.Encode(prompt);
         var context = file.Metadata.TryGetValue("max_position_embeddings", out var c) && int.TryParse(c, out var n) ? n : 0;
-        options.Validate(ids.Length, context);
+        // The same checks as the HTTP API and the session grain, before anything starts.
+        GenerationRequestValidator.CheckOptions(options);
+        GenerationRequestValidator.CheckRouter(router, PluginCatalog.Load(CliPaths.Plugins));
+        var ids = GenerationRequestValidator.CheckPrompt(prompt, tokenizer.Encode, context);
+        options = options with { StopToken = TextTokenizers.StopToken(tokenizer) };
         set_num_threads(Math.Max(1, threads));
 
-        LocalCluster? cluster = null;
+        MoeClient? client = null;
         var sessions = new List<DecoderSession>();
         var grains = new List<IDecoderSessionGrain>();
         var where = "in process";
@@ -91,14 +128,14 @@ internal static class GenerateCommand
             Func<double[]>? expertsPerToken = null;
             DecoderStepAsync Session(string? routerName)
             {
-                if (cluster is null)
+                if (client is null)
                 {
                     var session = DecoderSession.InProcess(PluginCatalog.Load(CliPaths.Plugins), path, CliServices.Provider, "lm", routerName);
                     sessions.Add(session);
                     expertsPerToken ??= () => [.. session.ExpertSlots.Select(e => (double)e / Math.Max(1, session.Position))];
                     return session.AppendAsync;
                 }
-                var grain = cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
+                var grain = client.Grains.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
                 grains.Add(grain);
                 DecoderStep? last = null;
                 expertsPerToken ??= () => last is null ? [] : [.. last.ExpertSlots.Select(e => (double)e / Math.Max(1, last.Position))];
@@ -106,19 +143,30 @@ internal static class GenerateCommand
             }
             if (silos > 0)
             {
-                cluster = await LocalCluster.StartAsync(silos, (_, silo) => silo.AddMoeGrains(o =>
+                client = await MoeClient.StartEmbeddedAsync(silos, (_, silo) => silo.AddMoeGrains(o =>
                 {
                     o.Device = "cpu";
                     o.PluginFolder = CliPaths.Plugins;
                     o.Models["lm"] = path;
-                }), cancellationToken: ct);
+                }), ct);
                 where = $"through a local cluster of {silos} silos";
             }
-            var step = Session(router);
-            if (contrast is not null)
+            IAsyncEnumerable<int> stream;
+            if (client is not null && contrast is null)
             {
-                step = contrast.Step(step, Session(contrast.WeakRouter));
-                where += $", SCMoE (alpha {contrast.Alpha}, beta {contrast.Beta}, weak routing '{contrast.WeakRouter}')";
+                // Through the cluster: the session grain generates and publishes each token on an Orleans stream.
+                where += ", streamed by the session grain";
+                stream = Streamed(client.GenerateAsync("lm", ids, options, router, ct), e => expertsPerToken = () => e.ExpertsPerToken);
+            }
+            else
+            {
+                var step = Session(router);
+                if (contrast is not null)
+                {
+                    step = contrast.Step(step, Session(contrast.WeakRouter));
+                    where += $", SCMoE (alpha {contrast.Alpha}, beta {contrast.Beta}, weak routing '{contrast.WeakRouter}')";
+                }
+                stream = TextGeneration.GenerateAsync(step, ids, options, context, ct);
             }
             var setup = started.Elapsed;
 
@@ -126,7 +174,7 @@ internal static class GenerateCommand
             var printed = 0;
             var sw = Stopwatch.StartNew();
             TimeSpan? firstToken = null;
-            await foreach (var token in TextGeneration.GenerateAsync(step, ids, options, context, ct))
+            await foreach (var token in stream)
             {
                 if (firstToken is null && !asJson)
                 {
@@ -172,9 +220,9 @@ internal static class GenerateCommand
         {
             foreach (var g in grains) await g.Close();
             foreach (var session in sessions) session.Dispose();
-            if (cluster is not null)
+            if (client is not null)
             {
-                await cluster.DisposeAsync();
+                await client.DisposeAsync();
             }
         }
     }
