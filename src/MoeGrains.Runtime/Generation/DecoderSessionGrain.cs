@@ -23,6 +23,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
     private string? _router;
     private Task? _generation;
     private CancellationTokenSource? _cancelGeneration;
+    private readonly List<GenerationEvent> _published = []; // every event of the generation, for Replay
 
     public async Task<DecoderStep> Append(long[] tokens, string? router, CancellationToken cancellationToken)
     {
@@ -87,7 +88,9 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         {
             await foreach (var token in TextGeneration.GenerateAsync(session.AppendAsync, prompt, generation, session.ContextLength, cancellationToken))
             {
-                await stream.OnNextAsync(new GenerationEvent(sequence++, token));
+                var e = new GenerationEvent(sequence++, token);
+                _published.Add(e);
+                await stream.OnNextAsync(e);
                 if (token == generation.StopToken)
                 {
                     finish = FinishReason.Stop;
@@ -103,13 +106,18 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         try
         {
             var perToken = session.ExpertSlots.Select(e => (double)e / Math.Max(1, session.Position)).ToArray();
-            await stream.OnNextAsync(GenerationEvent.End(sequence, finish, error) with { ExpertsPerToken = perToken, Silo = RuntimeIdentity });
+            var end = GenerationEvent.End(sequence, finish, error) with { ExpertsPerToken = perToken, Silo = RuntimeIdentity };
+            _published.Add(end);
+            await stream.OnNextAsync(end);
         }
         catch (Exception e)
         {
             logger.LogWarning(e, "The end marker of session {Session} could not be published", this.GetPrimaryKeyString());
         }
     }
+
+    public Task<GenerationEvent[]> Replay(long fromSequence) =>
+        Task.FromResult(fromSequence < 0 ? [] : _published.Skip((int)Math.Min(fromSequence, int.MaxValue)).ToArray());
 
     private Task<DecoderSession> Start(string? router, CancellationToken cancellationToken)
     {

@@ -69,6 +69,9 @@ public static class GenerationStreams
     /// <summary>How often a pulling agent looks for new events in its queue.</summary>
     public static readonly TimeSpan PollPeriod = TimeSpan.FromMilliseconds(25);
 
+    /// <summary>A consumer that has seen no event for this long asks the session grain for what it missed.</summary>
+    public static readonly TimeSpan ReplayAfter = TimeSpan.FromSeconds(2);
+
     public static StreamId Id(string sessionKey) => StreamId.Create(Namespace, sessionKey);
 
     /// <summary>
@@ -94,21 +97,62 @@ public static class GenerationStreams
         var stream = client.GetStreamProvider(ProviderName).GetStream<GenerationEvent>(Id(key));
         var subscription = await stream.SubscribeAsync(
             (e, _) => { events.Writer.TryWrite(e); return Task.CompletedTask; },
-            e => { events.Writer.TryComplete(e); return Task.CompletedTask; },
+            e => { events.Writer.TryComplete(new InvalidOperationException("The generation stream failed.", e)); return Task.CompletedTask; },
             () => { events.Writer.TryComplete(); return Task.CompletedTask; }).ConfigureAwait(false);
         var grain = client.GetGrain<IDecoderSessionGrain>(key);
         try
         {
             await grain.Generate(prompt, options, router, cancellationToken).ConfigureAwait(false);
-            await foreach (var e in events.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
+            // Events are yielded strictly in sequence order. The stream delivers them in order; one it lost shows up as a
+            // gap (or, for the end marker, as silence), and the grain's own record fills it.
+            long next = 0;
+            var pending = new SortedDictionary<long, GenerationEvent>();
+            var streamOpen = true;
+            while (true)
             {
-                yield return e;
-                if (e.IsEnd)
+                GenerationEvent? received = null;
+                if (streamOpen)
                 {
-                    yield break;
+                    using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                    idle.CancelAfter(ReplayAfter);
+                    try
+                    {
+                        received = await events.Reader.ReadAsync(idle.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                    {
+                        // No event for a while: ask the grain.
+                    }
+                    catch (ChannelClosedException)
+                    {
+                        streamOpen = false; // the subscription failed or ended: the grain's record from now on
+                    }
+                }
+                else
+                {
+                    await Task.Delay(ReplayAfter, cancellationToken).ConfigureAwait(false);
+                }
+                if (received is not null && received.Sequence >= next)
+                {
+                    pending.TryAdd(received.Sequence, received);
+                }
+                if (received is null || (pending.Count > 0 && pending.Keys.First() > next))
+                {
+                    foreach (var e in await grain.Replay(next).ConfigureAwait(false))
+                    {
+                        pending.TryAdd(e.Sequence, e);
+                    }
+                }
+                while (pending.Remove(next, out var e))
+                {
+                    yield return e;
+                    next++;
+                    if (e.IsEnd)
+                    {
+                        yield break;
+                    }
                 }
             }
-            throw new InvalidOperationException($"The generation stream of session '{key}' ended without an end marker.");
         }
         finally
         {

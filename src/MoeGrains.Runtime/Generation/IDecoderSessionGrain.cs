@@ -24,6 +24,14 @@ public interface IDecoderSessionGrain : IGrainWithStringKey
     [Alias("generate")]
     Task<GenerationStarted> Generate(int[] prompt, GenerationOptions options, string? router = null, CancellationToken cancellationToken = default);
 
+    /// <summary>
+    /// The events of this session's generation from <paramref name="fromSequence"/> on, as published so far (the end
+    /// marker included once it is): a consumer that sees a gap in the sequence numbers, or no event for a while, fills
+    /// it from here, so a stream event lost on an overloaded silo neither drops a token nor leaves the consumer waiting.
+    /// </summary>
+    [Alias("replay")]
+    Task<GenerationEvent[]> Replay(long fromSequence);
+
     /// <summary>Ends the session (a running generation is cancelled and ends with an error marker): its KV cache and backbone are released.</summary>
     [Alias("close")]
     Task Close();

@@ -72,6 +72,28 @@ public sealed class TokenStreamingTests(LanguageModelClusterFixture fixture)
     }
 
     [Fact]
+    public async Task The_session_grain_replays_every_event_so_a_consumer_can_fill_a_gap()
+    {
+        // No subscriber at all: the consumer that lost every stream event still gets the generation from the grain.
+        var prompt = Prompt();
+        var expected = await InProcess(prompt, Greedy);
+        var grain = fixture.Cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
+        await grain.Generate(prompt, Greedy);
+        var events = new List<GenerationEvent>();
+        var sw = Stopwatch.StartNew();
+        while (events.Count == 0 || !events[^1].IsEnd)
+        {
+            Assert.True(sw.Elapsed < TimeSpan.FromSeconds(120), "the generation did not end");
+            events.AddRange(await grain.Replay(events.Count));
+            await Task.Delay(50);
+        }
+        Assert.Equal(events.Skip(7).Select(e => (e.Sequence, e.Token)), (await grain.Replay(7)).Select(e => (e.Sequence, e.Token)));
+        await grain.Close();
+        AssertWellFormed(events, Greedy.MaxTokens, FinishReason.Length);
+        Assert.Equal(expected, events.Where(e => !e.IsEnd).Select(e => e.Token));
+    }
+
+    [Fact]
     public async Task The_stop_token_ends_the_stream_with_reason_stop()
     {
         var prompt = Prompt();
