@@ -64,7 +64,7 @@ public static class GenerationStreams
     public const string PubSubStore = "PubSubStore";
 
     /// <summary>Queues of the memory stream provider.</summary>
-    public const int QUEUES = 4;
+    public const int QUEUES = 2;
 
     /// <summary>How often a pulling agent looks for new events in its queue.</summary>
     public static readonly TimeSpan PollPeriod = TimeSpan.FromMilliseconds(25);
