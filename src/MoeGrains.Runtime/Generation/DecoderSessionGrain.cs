@@ -25,6 +25,8 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
     private CancellationTokenSource? _cancelGeneration;
     private readonly List<GenerationEvent> _published = []; // every event of the generation, for Replay
 
+    private static readonly TimeSpan GenerationKeepAlive = TimeSpan.FromMinutes(10);
+
     public async Task<DecoderStep> Append(long[] tokens, string? router, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(tokens);
@@ -88,6 +90,8 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         {
             await foreach (var token in TextGeneration.GenerateAsync(session.AppendAsync, prompt, generation, session.ContextLength, cancellationToken))
             {
+                // The loop is not a call: keep the activation from being collected as idle while it runs.
+                DelayDeactivation(GenerationKeepAlive);
                 var e = new GenerationEvent(sequence++, token);
                 _published.Add(e);
                 await stream.OnNextAsync(e);
