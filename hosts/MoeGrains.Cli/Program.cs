@@ -8,6 +8,7 @@ var root = new RootCommand("moe: run mixture-of-experts models on a Microsoft Or
     PluginsCommand.Create(),
     CheckpointCommand.Create(),
     DemoCommand.Create(),
+    LanguageModelDemoCommand.Create(),
     BenchCommands.Create(),
     GenerateCommand.Create(),
     TrainCommand.Create(),

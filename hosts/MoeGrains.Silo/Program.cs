@@ -34,5 +34,6 @@ app.MapGet("/v1/plugins", (PluginCatalog plugins) => Results.Ok(new
 app.MapRetrieval();
 
 app.MapImageEndpoints();
+app.MapCompletions();
 
 app.Run();

@@ -2,6 +2,7 @@ using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Hosting;
 using Microsoft.Extensions.Logging;
 using MoeGrains.Contracts;
+using MoeGrains.Generation;
 using MoeGrains.Hosting;
 using MoeGrains.Security;
 using static TorchSharp.torch;
@@ -41,9 +42,12 @@ public sealed class MoeClient : IAsyncDisposable
     private readonly LocalCluster? _cluster;
     private readonly long _maxTensorBytes;
 
-    private MoeClient(IGrainFactory grains, long maxTensorBytes, IHost? host, LocalCluster? cluster)
+    private readonly IClusterClient _client;
+
+    private MoeClient(IClusterClient client, long maxTensorBytes, IHost? host, LocalCluster? cluster)
     {
-        Grains = grains;
+        _client = client;
+        Grains = client;
         _maxTensorBytes = maxTensorBytes;
         _host = host;
         _cluster = cluster;
@@ -69,6 +73,7 @@ public sealed class MoeClient : IAsyncDisposable
                 client.UseRedisClustering(options.RedisConnectionString);
             }
             client.Services.Configure<TensorWireOptions>(o => o.MaxTensorBytes = options.MaxTensorBytes);
+            client.AddMemoryStreams(GenerationStreams.ProviderName, streams => streams.ConfigurePartitioning(GenerationStreams.QUEUES));
             if (options.Tls is { Enabled: true } tls)
             {
                 client.UseMoeGrainsTls(tls);
@@ -87,7 +92,7 @@ public sealed class MoeClient : IAsyncDisposable
     public static async Task<MoeClient> StartEmbeddedAsync(int silos, Action<int, ISiloBuilder> configure, CancellationToken cancellationToken = default)
     {
         var cluster = await LocalCluster.StartAsync(silos, configure, cancellationToken: cancellationToken).ConfigureAwait(false);
-        return new MoeClient(cluster.GrainFactory, TensorValidation.DEFAULT_MAX_BYTES, null, cluster);
+        return new MoeClient(cluster.Silos[0].Services.GetRequiredService<IClusterClient>(), TensorValidation.DEFAULT_MAX_BYTES, null, cluster);
     }
 
     /// <summary>Runs one MoE layer of <paramref name="model"/> on <paramref name="hidden"/> <c>[tokens, d_model]</c>.</summary>
@@ -107,6 +112,16 @@ public sealed class MoeClient : IAsyncDisposable
         }
         return Grains.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer)).Forward(request, cancellationToken);
     }
+
+    /// <summary>
+    /// Continues <paramref name="prompt"/> (token ids of the model's tokenizer) with the served language model
+    /// <paramref name="model"/>: a new decoder session grain generates and publishes each token on an Orleans stream as
+    /// it is chosen; the events arrive here in order, sequence numbers from 0, and the end marker (with its reason) comes
+    /// last. The request is checked (<see cref="GenerationRequestValidator"/>) before anything is sent; the model, the
+    /// router and the context are checked by the grain.
+    /// </summary>
+    public IAsyncEnumerable<GenerationEvent> GenerateAsync(string model, int[] prompt, GenerationOptions options, string? router = null,
+        CancellationToken cancellationToken = default) => GenerationStreams.GenerateAsync(_client, model, prompt, options, router, cancellationToken);
 
     public Task<SiloDeviceInfo[]> SilosAsync() => Grains.GetGrain<IClusterInfoGrain>(0).Silos();
 

@@ -11,7 +11,7 @@ using static TorchSharp.torch;
 namespace MoeGrains.Cli.Commands;
 
 /// <summary>
-/// The main job for now: a local 2-silo cluster serving the built-in SwiGLU model, running its MoE layers over token
+/// <c>moe demo-layers</c> (the first demo; <c>moe demo</c> is now the language model's): a local 2-silo cluster serving the built-in SwiGLU model, running its MoE layers over token
 /// embeddings of real text, showing which silo ran each expert, the timings, and the distance to in-process results.
 /// </summary>
 internal static class DemoCommand
@@ -21,7 +21,7 @@ internal static class DemoCommand
         var silos = new Option<int>("--silos") { Description = "Silos in the local cluster", DefaultValueFactory = _ => 2 };
         var tokens = new Option<int>("--tokens") { Description = "Characters of text to run", DefaultValueFactory = _ => 512 };
         var text = new Option<string?>("--text") { Description = "Text file (default: tinyshakespeare from the shared data)" };
-        var command = new Command("demo", "Start a local cluster with the built-in plugin and run MoE layers over real text") { silos, tokens, text };
+        var command = new Command("demo-layers", "Start a local cluster with the built-in plugin and run MoE layers over real text") { silos, tokens, text };
         command.SetAction(async (parse, ct) => await Run(parse.GetValue(silos), parse.GetValue(tokens), parse.GetValue(text), ct));
         return command;
     }

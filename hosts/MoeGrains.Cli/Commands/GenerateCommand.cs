@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;
 using MoeGrains.Checkpoints;
+using MoeGrains.Client;
 using MoeGrains.Contracts;
 using MoeGrains.Generation;
 using MoeGrains.Hosting;
@@ -29,6 +30,8 @@ internal static class GenerateCommand
         // One token at a time is a chain of tiny operations: one thread beats a team that waits for each other (much more
         // so on a busy machine, where OpenMP's spinning threads are descheduled).
         var threads = new Option<int>("--threads") { Description = "libtorch threads", DefaultValueFactory = _ => 1 };
+        var gateway = new Option<int>("--gateway") { Description = "Generate through a running cluster (moe serve) at this gateway port, as an external client; --checkpoint gives the tokenizer", DefaultValueFactory = _ => 0 };
+        var model = new Option<string>("--model") { Description = "The served model's name, with --gateway", DefaultValueFactory = _ => "lm" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object at the end instead of streaming" };
         var router = new Option<string?>("--router") { Description = "Router plugin to use instead of the model's (topk, topp, capacity, rank, ...)" };
         var scmoe = new Option<bool>("--scmoe") { Description = "Self-contrast decoding: the model's routing contrasted with rank-k routing (SCMoE)" };
@@ -36,7 +39,7 @@ internal static class GenerateCommand
         var beta = new Option<double>("--beta") { Description = "SCMoE contrast strength", DefaultValueFactory = _ => SelfContrastDecoding.DEFAULT_BETA };
         var command = new Command("generate", "Continue a prompt with a trained language model, streaming tokens (in process or through a local cluster)")
         {
-            prompt, checkpoint, maxTokens, temperature, topP, seed, silos, threads, json, router, scmoe, alpha, beta,
+            prompt, checkpoint, maxTokens, temperature, topP, seed, silos, gateway, model, threads, json, router, scmoe, alpha, beta,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -49,24 +52,61 @@ internal static class GenerateCommand
                 var contrast = parse.GetValue(scmoe) ? new SelfContrastDecoding(parse.GetValue(alpha), parse.GetValue(beta)) : null;
                 contrast?.Validate();
                 return await Run(parse.GetValue(prompt) ?? "", parse.GetValue(checkpoint)!, options, parse.GetValue(router), contrast,
-                    parse.GetValue(silos), parse.GetValue(threads), parse.GetValue(json), ct);
+                    parse.GetValue(silos), parse.GetValue(gateway), parse.GetValue(model)!, parse.GetValue(threads), parse.GetValue(json), ct);
             }
             catch (Exception e) when (e is GenerationRequestException or CheckpointException or ArgumentException or InvalidDataException or UnknownExpertException)
             {
                 Console.Out.Flush();
-                Console.Error.WriteLine($"error: {e.Message}");
+                Console.Error.WriteLine(e is GenerationRequestException { Field: { } field } ? $"error: {field}: {e.Message}" : $"error: {e.Message}");
                 return 2;
+            }
+            catch (GenerationFailedException e)
+            {
+                Console.Out.Flush();
+                Console.Error.WriteLine($"error: the generation failed: {e.Message}");
+                return 1;
             }
         });
         return command;
     }
 
+    /// <summary>The tokens of a streamed generation, checking the sequence numbers; the end marker's failure is thrown.</summary>
+    private static async IAsyncEnumerable<int> Streamed(IAsyncEnumerable<GenerationEvent> events, Action<GenerationEvent> end)
+    {
+        long expected = 0;
+        await foreach (var e in events)
+        {
+            if (e.Sequence != expected)
+            {
+                throw new InvalidOperationException($"Token {expected} expected on the stream, got {e.Sequence}.");
+            }
+            if (e.IsEnd)
+            {
+                end(e);
+                if (e.Finish == FinishReason.Error)
+                {
+                    throw new GenerationFailedException(e.Error ?? "The generation failed.");
+                }
+                yield break;
+            }
+            expected++;
+            yield return e.Token;
+        }
+    }
+
+    /// <summary>A generation that was accepted but failed while it ran (the end marker's error).</summary>
+    private sealed class GenerationFailedException(string message) : Exception(message);
+
     private static async Task<int> Run(string prompt, string checkpoint, GenerationOptions options, string? router, SelfContrastDecoding? contrast,
-        int silos, int threads, bool asJson, CancellationToken ct)
+        int silos, int gateway, string modelName, int threads, bool asJson, CancellationToken ct)
     {
         if (silos < 0)
         {
             throw new ArgumentException($"--silos must be 0 (in process) or a number of silos, got {silos}.");
+        }
+        if (gateway is < 0 or > 65535 || (gateway > 0 && silos > 0))
+        {
+            throw new ArgumentException($"--gateway must be a port (and not given with --silos), got {gateway}.");
         }
         var path = Path.GetFullPath(LanguageModelCheckpoint.WeightsPath(checkpoint));
         if (!File.Exists(path))
@@ -75,12 +115,15 @@ internal static class GenerateCommand
         }
         var file = SafeTensorsFile.Open(path);
         var tokenizer = TextTokenizers.FromMetadata(file.Metadata);
-        var ids = tokenizer.Encode(prompt);
         var context = file.Metadata.TryGetValue("max_position_embeddings", out var c) && int.TryParse(c, out var n) ? n : 0;
-        options.Validate(ids.Length, context);
+        // The same checks as the HTTP API and the session grain, before anything starts.
+        GenerationRequestValidator.CheckOptions(options);
+        GenerationRequestValidator.CheckRouter(router, PluginCatalog.Load(CliPaths.Plugins));
+        var ids = GenerationRequestValidator.CheckPrompt(prompt, tokenizer.Encode, context);
+        options = options with { StopToken = TextTokenizers.StopToken(tokenizer) };
         set_num_threads(Math.Max(1, threads));
 
-        LocalCluster? cluster = null;
+        MoeClient? client = null;
         var sessions = new List<DecoderSession>();
         var grains = new List<IDecoderSessionGrain>();
         var where = "in process";
@@ -91,34 +134,57 @@ internal static class GenerateCommand
             Func<double[]>? expertsPerToken = null;
             DecoderStepAsync Session(string? routerName)
             {
-                if (cluster is null)
+                if (client is null)
                 {
                     var session = DecoderSession.InProcess(PluginCatalog.Load(CliPaths.Plugins), path, CliServices.Provider, "lm", routerName);
                     sessions.Add(session);
                     expertsPerToken ??= () => [.. session.ExpertSlots.Select(e => (double)e / Math.Max(1, session.Position))];
                     return session.AppendAsync;
                 }
-                var grain = cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
+                var grain = client.Grains.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key(modelName, Guid.NewGuid().ToString("N")));
                 grains.Add(grain);
                 DecoderStep? last = null;
                 expertsPerToken ??= () => last is null ? [] : [.. last.ExpertSlots.Select(e => (double)e / Math.Max(1, last.Position))];
                 return async (tokens, token) => (last = await grain.Append(tokens, routerName, token)).Logits;
             }
-            if (silos > 0)
+            if (gateway > 0)
             {
-                cluster = await LocalCluster.StartAsync(silos, (_, silo) => silo.AddMoeGrains(o =>
+                try
+                {
+                    client = await MoeClient.ConnectAsync(new MoeClientOptions { GatewayPort = gateway }, ct);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    throw new GenerationFailedException($"no cluster answers at gateway port {gateway} ({e.Message})");
+                }
+                where = $"through the cluster at gateway {gateway} (model '{modelName}')";
+            }
+            else if (silos > 0)
+            {
+                client = await MoeClient.StartEmbeddedAsync(silos, (_, silo) => silo.AddMoeGrains(o =>
                 {
                     o.Device = "cpu";
                     o.PluginFolder = CliPaths.Plugins;
-                    o.Models["lm"] = path;
-                }), cancellationToken: ct);
+                    o.Models[modelName] = path;
+                }), ct);
                 where = $"through a local cluster of {silos} silos";
             }
-            var step = Session(router);
-            if (contrast is not null)
+            IAsyncEnumerable<int> stream;
+            if (client is not null && contrast is null)
             {
-                step = contrast.Step(step, Session(contrast.WeakRouter));
-                where += $", SCMoE (alpha {contrast.Alpha}, beta {contrast.Beta}, weak routing '{contrast.WeakRouter}')";
+                // Through the cluster: the session grain generates and publishes each token on an Orleans stream.
+                where += ", streamed by the session grain";
+                stream = Streamed(client.GenerateAsync(modelName, ids, options, router, ct), e => expertsPerToken = () => e.ExpertsPerToken);
+            }
+            else
+            {
+                var step = Session(router);
+                if (contrast is not null)
+                {
+                    step = contrast.Step(step, Session(contrast.WeakRouter));
+                    where += $", SCMoE (alpha {contrast.Alpha}, beta {contrast.Beta}, weak routing '{contrast.WeakRouter}')";
+                }
+                stream = TextGeneration.GenerateAsync(step, ids, options, context, ct);
             }
             var setup = started.Elapsed;
 
@@ -126,7 +192,7 @@ internal static class GenerateCommand
             var printed = 0;
             var sw = Stopwatch.StartNew();
             TimeSpan? firstToken = null;
-            await foreach (var token in TextGeneration.GenerateAsync(step, ids, options, context, ct))
+            await foreach (var token in stream)
             {
                 if (firstToken is null && !asJson)
                 {
@@ -153,7 +219,7 @@ internal static class GenerateCommand
             {
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
-                    prompt, text = continuation, tokens = generated.Count, prompt_tokens = ids.Length, mode = silos == 0 ? "in-process" : "cluster", silos, router, scmoe = contrast is not null,
+                    prompt, text = continuation, tokens = generated.Count, prompt_tokens = ids.Length, mode = client is null ? "in-process" : "cluster", silos, gateway, router, scmoe = contrast is not null,
                     temperature = options.Temperature, top_p = options.TopP, seed = options.Seed, setup_seconds = setup.TotalSeconds,
                     first_token_ms = firstToken?.TotalMilliseconds, seconds = elapsed.TotalSeconds, tokens_per_s = speed,
                     experts_per_token = perLayer.Length == 0 ? 0 : perLayer.Average(), experts_per_token_by_layer = perLayer, token_ids = generated,
@@ -172,9 +238,9 @@ internal static class GenerateCommand
         {
             foreach (var g in grains) await g.Close();
             foreach (var session in sessions) session.Dispose();
-            if (cluster is not null)
+            if (client is not null)
             {
-                await cluster.DisposeAsync();
+                await client.DisposeAsync();
             }
         }
     }

@@ -31,4 +31,7 @@ public static class TextTokenizers
             _ => throw new InvalidDataException($"The checkpoint names an unknown tokenizer '{name}' (known: {string.Join(", ", Names)})."),
         };
     }
+
+    /// <summary>The token that ends a text, where the tokenizer has one (GPT-2's <c>&lt;|endoftext|&gt;</c>, 50256), or null.</summary>
+    public static int? StopToken(ITextTokenizer tokenizer) => tokenizer is Gpt2Tokenizer ? 50256 : null;
 }

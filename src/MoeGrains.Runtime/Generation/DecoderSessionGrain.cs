@@ -4,24 +4,36 @@ using MoeGrains.Devices;
 using MoeGrains.Hosting;
 using MoeGrains.Models;
 using MoeGrains.Plugins;
+using Microsoft.Extensions.Logging;
 using Orleans.Placement;
+using Orleans.Streams;
 
 namespace MoeGrains.Generation;
 
 /// <summary>
 /// Hosts a <see cref="DecoderSession"/> on this silo's device: placed on the silo that starts the session, its MoE
 /// layers dispatched through <see cref="IMoeLayerGrain"/> (a local stateless worker that calls the expert grains).
+/// <see cref="Generate"/> runs the decoding loop here and publishes the tokens on the session's Orleans stream.
 /// </summary>
 [PreferLocalPlacement]
 internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plugins, SiloDevice device, IServiceProvider services,
-    IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire) : Grain, IDecoderSessionGrain
+    IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire, ILogger<DecoderSessionGrain> logger) : Grain, IDecoderSessionGrain
 {
     private DecoderSession? _session;
     private string? _router;
+    private Task? _generation;
+    private CancellationTokenSource? _cancelGeneration;
+    private readonly List<GenerationEvent> _published = []; // every event of the generation, for Replay
+
+    private static readonly TimeSpan GenerationKeepAlive = TimeSpan.FromMinutes(10);
 
     public async Task<DecoderStep> Append(long[] tokens, string? router, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(tokens);
+        if (_generation is not null)
+        {
+            throw new GenerationRequestException("This session generates on its own (Generate); start a new session to feed tokens.");
+        }
         if (tokens.Length > options.Value.MaxTokensPerRequest)
         {
             throw new GenerationRequestException($"{tokens.Length} tokens exceed the limit of {options.Value.MaxTokensPerRequest} per request.");
@@ -39,6 +51,77 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         var logits = await session.AppendAsync(tokens, cancellationToken);
         return new DecoderStep(logits, session.Position, RuntimeIdentity) { ExpertSlots = [.. session.ExpertSlots] };
     }
+
+    public async Task<GenerationStarted> Generate(int[] prompt, GenerationOptions generation, string? router, CancellationToken cancellationToken)
+    {
+        ArgumentNullException.ThrowIfNull(prompt);
+        ArgumentNullException.ThrowIfNull(generation);
+        if (_generation is not null || _session is not null)
+        {
+            throw new GenerationRequestException("This session has already been used; start a new session to generate.");
+        }
+        if (prompt.Length > options.Value.MaxTokensPerRequest)
+        {
+            throw new GenerationRequestException(GenerationRequestValidator.PromptField, $"{prompt.Length} tokens exceed the limit of {options.Value.MaxTokensPerRequest} per request.");
+        }
+        GenerationRequestValidator.CheckOptions(generation);
+        GenerationRequestValidator.CheckRouter(router, plugins);
+        var session = await Start(router, cancellationToken);
+        _session = session;
+        _router = router;
+        GenerationRequestValidator.CheckPromptTokens(prompt.Length, session.ContextLength);
+        if (prompt.Any(t => t < 0 || t >= session.VocabSize))
+        {
+            throw new GenerationRequestException(GenerationRequestValidator.PromptField, $"Token ids must be in 0..{session.VocabSize - 1}.");
+        }
+        var stream = this.GetStreamProvider(GenerationStreams.ProviderName).GetStream<GenerationEvent>(GenerationStreams.Id(this.GetPrimaryKeyString()));
+        var cancel = _cancelGeneration = new CancellationTokenSource();
+        // Runs on this activation, between the calls it receives; Close cancels it.
+        _generation = Run(session, prompt, generation, stream, cancel.Token);
+        return new GenerationStarted(prompt.Length, session.ContextLength, RuntimeIdentity);
+    }
+
+    private async Task Run(DecoderSession session, int[] prompt, GenerationOptions generation, IAsyncStream<GenerationEvent> stream, CancellationToken cancellationToken)
+    {
+        long sequence = 0;
+        var finish = FinishReason.Length;
+        string? error = null;
+        try
+        {
+            await foreach (var token in TextGeneration.GenerateAsync(session.AppendAsync, prompt, generation, session.ContextLength, cancellationToken))
+            {
+                // The loop is not a call: keep the activation from being collected as idle while it runs.
+                DelayDeactivation(GenerationKeepAlive);
+                var e = new GenerationEvent(sequence++, token);
+                _published.Add(e);
+                await stream.OnNextAsync(e);
+                if (token == generation.StopToken)
+                {
+                    finish = FinishReason.Stop;
+                }
+            }
+        }
+        catch (Exception e)
+        {
+            finish = FinishReason.Error;
+            error = e is OperationCanceledException ? "The generation was cancelled." : e.Message;
+            logger.LogWarning(e, "Generation of session {Session} failed after {Tokens} tokens", this.GetPrimaryKeyString(), sequence);
+        }
+        try
+        {
+            var perToken = session.ExpertSlots.Select(e => (double)e / Math.Max(1, session.Position)).ToArray();
+            var end = GenerationEvent.End(sequence, finish, error) with { ExpertsPerToken = perToken, Silo = RuntimeIdentity };
+            _published.Add(end);
+            await stream.OnNextAsync(end);
+        }
+        catch (Exception e)
+        {
+            logger.LogWarning(e, "The end marker of session {Session} could not be published", this.GetPrimaryKeyString());
+        }
+    }
+
+    public Task<GenerationEvent[]> Replay(long fromSequence) =>
+        Task.FromResult(fromSequence < 0 ? [] : _published.Skip((int)Math.Min(fromSequence, int.MaxValue)).ToArray());
 
     private Task<DecoderSession> Start(string? router, CancellationToken cancellationToken)
     {
@@ -60,17 +143,31 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         }, lane), cancellationToken);
     }
 
-    public Task Close()
+    public async Task Close()
     {
+        await StopGeneration();
         Release();
         DeactivateOnIdle();
-        return Task.CompletedTask;
     }
 
-    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    public override async Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
     {
+        await StopGeneration();
         Release();
-        return Task.CompletedTask;
+    }
+
+    private async Task StopGeneration()
+    {
+        if (_generation is { } generation)
+        {
+            if (!generation.IsCompleted)
+            {
+                await (_cancelGeneration?.CancelAsync() ?? Task.CompletedTask);
+            }
+            await generation; // Run catches its own failures
+        }
+        _cancelGeneration?.Dispose();
+        _cancelGeneration = null;
     }
 
     private void Release()

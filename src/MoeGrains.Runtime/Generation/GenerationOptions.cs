@@ -5,48 +5,32 @@ namespace MoeGrains.Generation;
 /// <summary>
 /// How to continue a prompt: at most <see cref="MaxTokens"/> new tokens, sampled at <see cref="Temperature"/> from the
 /// smallest set of tokens whose probability reaches <see cref="TopP"/>, from <see cref="Seed"/>. Temperature 0 is greedy.
+/// Checked by <see cref="GenerationRequestValidator"/> wherever a request enters (CLI, client API, HTTP, session grain).
 /// </summary>
+[GenerateSerializer, Immutable, Alias("moegrains.GenerationOptions")]
 public sealed record GenerationOptions
 {
     public const int MAX_NEW_TOKENS = 4096;
     public const double MAX_TEMPERATURE = 100;
 
-    public int MaxTokens { get; init; } = 200;
+    [Id(0)] public int MaxTokens { get; init; } = 200;
 
-    public double Temperature { get; init; } = 0.8;
+    [Id(1)] public double Temperature { get; init; } = 0.8;
 
-    public double TopP { get; init; } = 0.95;
+    [Id(2)] public double TopP { get; init; } = 0.95;
 
-    public long Seed { get; init; } = 1;
+    [Id(3)] public long Seed { get; init; } = 1;
 
     /// <summary>Stop after this token (for instance GPT-2's end of text), or null.</summary>
-    public int? StopToken { get; init; }
+    [Id(4)] public int? StopToken { get; init; }
 
     public bool Greedy => Temperature == 0;
 
     /// <summary>Throws <see cref="GenerationRequestException"/> naming the first bad value of a request.</summary>
     public void Validate(int promptTokens, int contextLength)
     {
-        if (promptTokens == 0)
-        {
-            throw new GenerationRequestException("The prompt is empty: give at least one token of text to continue.");
-        }
-        if (promptTokens > contextLength)
-        {
-            throw new GenerationRequestException($"The prompt has {promptTokens} tokens; the model's context holds {contextLength}.");
-        }
-        if (MaxTokens < 1 || MaxTokens > MAX_NEW_TOKENS)
-        {
-            throw new GenerationRequestException($"max tokens must be between 1 and {MAX_NEW_TOKENS}, got {MaxTokens}.");
-        }
-        if (!double.IsFinite(Temperature) || Temperature < 0 || Temperature > MAX_TEMPERATURE)
-        {
-            throw new GenerationRequestException($"temperature must be between 0 (greedy) and {MAX_TEMPERATURE}, got {Temperature}.");
-        }
-        if (!double.IsFinite(TopP) || TopP <= 0 || TopP > 1)
-        {
-            throw new GenerationRequestException($"top-p must be greater than 0 and at most 1, got {TopP}.");
-        }
+        GenerationRequestValidator.CheckPromptTokens(promptTokens, contextLength);
+        GenerationRequestValidator.CheckOptions(this);
     }
 }
 
@@ -61,4 +45,12 @@ public sealed class GenerationRequestException : MoeGrainsException
     public GenerationRequestException(string message) : base(message)
     {
     }
+
+    public GenerationRequestException(string field, string message) : base(message)
+    {
+        Field = field;
+    }
+
+    /// <summary>The request field that was wrong, in the HTTP API's names (<c>prompt</c>, <c>max_tokens</c>, ...), when one is.</summary>
+    [Id(0)] public string? Field { get; init; }
 }

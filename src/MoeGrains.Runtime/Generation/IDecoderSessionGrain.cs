@@ -15,7 +15,24 @@ public interface IDecoderSessionGrain : IGrainWithStringKey
     [Alias("append")]
     Task<DecoderStep> Append(long[] tokens, string? router = null, CancellationToken cancellationToken = default);
 
-    /// <summary>Ends the session: its KV cache and backbone are released.</summary>
+    /// <summary>
+    /// Checks the request (<see cref="GenerationRequestValidator"/>: options, router, prompt against the context and the
+    /// vocabulary), then generates in this grain: each token is published, as it is chosen, on the Orleans stream
+    /// <see cref="GenerationStreams.Id"/> of this session's key with sequence numbers from 0, then an end marker with the
+    /// reason. Returns once the request is accepted, before the first token; a session generates once.
+    /// </summary>
+    [Alias("generate")]
+    Task<GenerationStarted> Generate(int[] prompt, GenerationOptions options, string? router = null, CancellationToken cancellationToken = default);
+
+    /// <summary>
+    /// The events of this session's generation from <paramref name="fromSequence"/> on, as published so far (the end
+    /// marker included once it is): a consumer that sees a gap in the sequence numbers, or no event for a while, fills
+    /// it from here, so a stream event lost on an overloaded silo neither drops a token nor leaves the consumer waiting.
+    /// </summary>
+    [Alias("replay")]
+    Task<GenerationEvent[]> Replay(long fromSequence);
+
+    /// <summary>Ends the session (a running generation is cancelled and ends with an error marker): its KV cache and backbone are released.</summary>
     [Alias("close")]
     Task Close();
 

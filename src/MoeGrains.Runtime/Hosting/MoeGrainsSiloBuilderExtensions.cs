@@ -58,6 +58,7 @@ public static class MoeGrainsSiloBuilderExtensions
         });
         builder.AddPlacementDirector<ExpertPlacementStrategy, ExpertPlacementDirector>();
         Retrieval.Serving.RetrievalSiloBuilderExtensions.AddMoeGrainsRetrieval(builder);
+        AddGenerationStreams(builder);
 
         // Advertise the device now: silo metadata is fixed when the silo starts.
         var eager = new MoeGrainsOptions();
@@ -65,6 +66,23 @@ public static class MoeGrainsSiloBuilderExtensions
         configure?.Invoke(eager);
         builder.UseSiloMetadata(SiloDevice.FromOptions(eager).Metadata());
         return builder;
+    }
+
+    /// <summary>
+    /// Memory streams for generated tokens (<see cref="Generation.GenerationStreams"/>): few queues polled often, so a
+    /// token reaches its consumer within tens of milliseconds while an idle silo polls a few times per 100 ms.
+    /// </summary>
+    private static void AddGenerationStreams(ISiloBuilder builder)
+    {
+        builder.AddMemoryStreams(Generation.GenerationStreams.ProviderName, streams =>
+        {
+            streams.ConfigurePartitioning(Generation.GenerationStreams.QUEUES);
+            streams.ConfigurePullingAgent(agent => agent.Configure(o => o.GetQueueMsgsTimerPeriod = Generation.GenerationStreams.PollPeriod));
+        });
+        if (!builder.Services.Any(d => d.IsKeyedService && Equals(d.ServiceKey, Generation.GenerationStreams.PubSubStore)))
+        {
+            builder.AddMemoryGrainStorage(Generation.GenerationStreams.PubSubStore);
+        }
     }
 
     /// <summary>Sets the folder plugins are loaded from.</summary>
@@ -106,7 +124,7 @@ internal sealed class MoeGrainsOptionsValidator : IValidateOptions<MoeGrainsOpti
         foreach (var (model, path) in o.Models)
         {
             if (string.IsNullOrWhiteSpace(model) || model.Contains('/')) errors.Add($"Model name '{model}' must be non-empty and contain no '/'.");
-            if (!File.Exists(path)) errors.Add($"Checkpoint of model '{model}' not found: {path}.");
+            if (!File.Exists(ModelCatalog.CheckpointFile(path))) errors.Add($"Checkpoint of model '{model}' not found: {path}.");
         }
         return errors.Count == 0 ? ValidateOptionsResult.Success : ValidateOptionsResult.Fail(errors);
     }

@@ -22,10 +22,11 @@ public sealed class ModelCatalog(IOptions<MoeGrainsOptions> options)
 
     private (SafeTensorsFile File, ModelSpec Spec) Open(string model)
     {
-        if (!options.Value.Models.TryGetValue(model, out var path))
+        if (!options.Value.Models.TryGetValue(model, out var configured))
         {
             throw new UnknownExpertException($"Unknown model '{model}' (served: {string.Join(", ", options.Value.Models.Keys.Order())}).");
         }
+        var path = CheckpointFile(configured);
         var info = new FileInfo(path);
         if (!info.Exists)
         {
@@ -43,6 +44,10 @@ public sealed class ModelCatalog(IOptions<MoeGrainsOptions> options)
             return (file, spec);
         }
     }
+
+    /// <summary>The safetensors file of a configured checkpoint: the path itself, or a folder's <c>model.safetensors</c> (Hugging Face's layout).</summary>
+    public static string CheckpointFile(string configured) =>
+        Directory.Exists(configured) ? Generation.LanguageModelCheckpoint.WeightsPath(configured) : configured;
 
     /// <summary>Checks that <paramref name="layer"/> and <paramref name="expert"/> exist in <paramref name="model"/>.</summary>
     public ModelSpec Check(string model, int layer, int expert = 0)

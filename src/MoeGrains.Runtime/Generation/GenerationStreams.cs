@@ -1,0 +1,169 @@
+using System.Runtime.CompilerServices;
+using System.Threading.Channels;
+using Orleans.Runtime;
+using Orleans.Streams;
+
+namespace MoeGrains.Generation;
+
+/// <summary>Why a generation ended.</summary>
+public enum FinishReason
+{
+    /// <summary>max tokens were generated.</summary>
+    Length,
+
+    /// <summary>The stop token was generated.</summary>
+    Stop,
+
+    /// <summary>It failed or was cancelled; <see cref="GenerationEvent.Error"/> says why.</summary>
+    Error,
+}
+
+/// <summary>
+/// One event of a generation stream: a token (<see cref="Sequence"/> 0, 1, 2, ... in the order generated) or, last, the
+/// end marker (<see cref="Finish"/> set, <see cref="Token"/> -1, <see cref="Sequence"/> one past the last token).
+/// </summary>
+[GenerateSerializer, Immutable, Alias("moegrains.GenerationEvent")]
+public sealed record GenerationEvent([property: Id(0)] long Sequence, [property: Id(1)] int Token)
+{
+    /// <summary>Set on the end marker only.</summary>
+    [Id(2)] public FinishReason? Finish { get; init; }
+
+    /// <summary>On an end marker with <see cref="FinishReason.Error"/>: what went wrong.</summary>
+    [Id(3)] public string? Error { get; init; }
+
+    /// <summary>On the end marker: (token, expert) pairs computed per layer over the session, divided by the tokens fed.</summary>
+    [Id(4)] public double[] ExpertsPerToken { get; init; } = [];
+
+    /// <summary>On the end marker: the silo that ran the backbone.</summary>
+    [Id(5)] public string? Silo { get; init; }
+
+    public bool IsEnd => Finish is not null;
+
+    public static GenerationEvent End(long sequence, FinishReason reason, string? error = null) => new(sequence, -1) { Finish = reason, Error = error };
+}
+
+/// <summary>What <see cref="IDecoderSessionGrain.Generate"/> accepted.</summary>
+[GenerateSerializer, Immutable, Alias("moegrains.GenerationStarted")]
+public sealed record GenerationStarted(
+    [property: Id(0)] int PromptTokens,
+    [property: Id(1)] int ContextLength,
+    [property: Id(2)] string Silo);
+
+/// <summary>
+/// Token streaming through Orleans streams: a decoder session grain publishes each generated token, with its sequence
+/// number, then an end marker, on the stream <see cref="Id"/> of its key; a consumer subscribes before asking the grain
+/// to start, so it sees every event. Memory streams (<see cref="ProviderName"/>) are set up by <c>AddMoeGrains</c>
+/// on silos and by the client API on external clients.
+/// </summary>
+public static class GenerationStreams
+{
+    public const string ProviderName = "moegrains-generation";
+    public const string Namespace = "moegrains.generation";
+
+    /// <summary>Subscriptions of memory streams are kept in a grain storage of this name (Orleans' convention).</summary>
+    public const string PubSubStore = "PubSubStore";
+
+    /// <summary>Queues of the memory stream provider.</summary>
+    public const int QUEUES = 2;
+
+    /// <summary>How often a pulling agent looks for new events in its queue.</summary>
+    public static readonly TimeSpan PollPeriod = TimeSpan.FromMilliseconds(25);
+
+    /// <summary>A consumer that has seen no event for this long asks the session grain for what it missed.</summary>
+    public static readonly TimeSpan ReplayAfter = TimeSpan.FromSeconds(2);
+
+    public static StreamId Id(string sessionKey) => StreamId.Create(Namespace, sessionKey);
+
+    /// <summary>
+    /// Starts a new session of <paramref name="model"/> that generates from <paramref name="prompt"/> and yields its events
+    /// as they arrive, the end marker last; the session is closed when the enumeration ends or is abandoned. The request
+    /// is checked before anything is called; the grain checks the model, router and context again.
+    /// </summary>
+    public static async IAsyncEnumerable<GenerationEvent> GenerateAsync(IClusterClient client, string model, int[] prompt, GenerationOptions options,
+        string? router = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(prompt);
+        ArgumentNullException.ThrowIfNull(options);
+        if (string.IsNullOrWhiteSpace(model))
+        {
+            throw new GenerationRequestException(GenerationRequestValidator.ModelField, "model is required.");
+        }
+        GenerationRequestValidator.CheckPromptTokens(prompt.Length, int.MaxValue);
+        GenerationRequestValidator.CheckOptions(options);
+
+        var key = IDecoderSessionGrain.Key(model, Guid.NewGuid().ToString("N"));
+        var events = Channel.CreateUnbounded<GenerationEvent>(new UnboundedChannelOptions { SingleReader = true });
+        var stream = client.GetStreamProvider(ProviderName).GetStream<GenerationEvent>(Id(key));
+        var subscription = await stream.SubscribeAsync(
+            (e, _) => { events.Writer.TryWrite(e); return Task.CompletedTask; },
+            e => { events.Writer.TryComplete(new InvalidOperationException("The generation stream failed.", e)); return Task.CompletedTask; },
+            () => { events.Writer.TryComplete(); return Task.CompletedTask; }).ConfigureAwait(false);
+        var grain = client.GetGrain<IDecoderSessionGrain>(key);
+        try
+        {
+            await grain.Generate(prompt, options, router, cancellationToken).ConfigureAwait(false);
+            // Events are yielded strictly in sequence order. The stream delivers them in order; one it lost shows up as a
+            // gap (or, for the end marker, as silence), and the grain's own record fills it.
+            long next = 0;
+            var pending = new SortedDictionary<long, GenerationEvent>();
+            var streamOpen = true;
+            while (true)
+            {
+                GenerationEvent? received = null;
+                if (streamOpen)
+                {
+                    using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+                    idle.CancelAfter(ReplayAfter);
+                    try
+                    {
+                        received = await events.Reader.ReadAsync(idle.Token).ConfigureAwait(false);
+                    }
+                    catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+                    {
+                        // No event for a while: ask the grain.
+                    }
+                    catch (ChannelClosedException)
+                    {
+                        streamOpen = false; // the subscription failed or ended: the grain's record from now on
+                    }
+                }
+                else
+                {
+                    await Task.Delay(ReplayAfter, cancellationToken).ConfigureAwait(false);
+                }
+                if (received is not null && received.Sequence >= next)
+                {
+                    pending.TryAdd(received.Sequence, received);
+                }
+                if (received is null || (pending.Count > 0 && pending.Keys.First() > next))
+                {
+                    foreach (var e in await grain.Replay(next).ConfigureAwait(false))
+                    {
+                        pending.TryAdd(e.Sequence, e);
+                    }
+                }
+                while (pending.Remove(next, out var e))
+                {
+                    yield return e;
+                    next++;
+                    if (e.IsEnd)
+                    {
+                        yield break;
+                    }
+                }
+            }
+        }
+        finally
+        {
+            try
+            {
+                await subscription.UnsubscribeAsync().ConfigureAwait(false);
+            }
+            finally
+            {
+                await grain.Close().ConfigureAwait(false);
+            }
+        }
+    }
+}
