@@ -65,7 +65,7 @@ public sealed class IsolatedTrainingTests
         using (held)
         {
             var settings = DiffusionTestData.Tiny(2).Settings;
-            using var router = DiffusionTestData.Plugins.Create<IDiffusionRouter>("partition-router", MoeGrains.Plugins.PluginKind.DiffusionRouter,
+            using var router = DiffusionTestData.Plugins.Create<IDiffusionRouter>("partition-router", global::MoeGrains.Plugins.PluginKind.DiffusionRouter,
                 new PluginContext { Id = "r", Device = TorchSharp.torch.CPU, Settings = settings, Seed = 3 }, DiffusionTestData.Services);
             var partition = train.Labels.Select(l => l < 5 ? 0 : 1).ToArray();
             // Held-out cross-entropy at a low noise level, before and after a few training steps.
