@@ -75,7 +75,7 @@ public sealed class AdaMoERouter : IRouter, IStateDict
         }
         var probs = nn.functional.softmax(logits, 1);
         var (values, indices) = probs.topk(_k, dim: 1);
-        var isNull = indices.ge(_experts);
+        var isNull = indices.ge(_experts).logical_or(values.le(0)); // a null expert, or an unavailable one that k reached
         var kept = values.masked_fill(isNull, 0f);
         var weights = kept.div(kept.sum(1, keepdim: true).clamp_min(1e-12));
         var experts = indices.masked_fill(isNull, -1);
