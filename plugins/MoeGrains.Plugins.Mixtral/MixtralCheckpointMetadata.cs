@@ -5,7 +5,7 @@ namespace MoeGrains.Plugins.Mixtral;
 /// <summary>
 /// The metadata a Mixtral checkpoint carries for MoeGrains: its configuration (the keys the framework reads:
 /// <c>hidden_size</c>, <c>intermediate_size</c>, <c>num_local_experts</c>, ...), the plugins that serve it (experts by
-/// <c>swiglu</c>, routers by <c>topk</c>, the backbone stages by <c>mixtral-*</c>) and its tokenizer.
+/// <c>swiglu</c>, routers by the plugin of the policy it was trained with: <c>topk</c>, <c>topp</c>, <c>adamoe</c> or <c>thor</c>; the backbone stages by <c>mixtral-*</c>) and its tokenizer.
 /// </summary>
 public static class MixtralCheckpointMetadata
 {
@@ -26,7 +26,7 @@ public static class MixtralCheckpointMetadata
         }
         var metadata = config.ToSettings();
         metadata[ExpertPluginKey] = ExpertPlugin;
-        metadata[RouterPluginKey] = RouterPlugin;
+        metadata[RouterPluginKey] = RoutingPolicies.ServingRouter(config.RouterPolicy);
         metadata[BackbonePluginKey] = BackbonePlugin;
         foreach (var (k, v) in tokenizer.ToMetadata()) metadata[k] = v;
         return metadata;

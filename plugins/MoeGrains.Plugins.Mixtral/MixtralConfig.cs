@@ -36,6 +36,14 @@ public sealed record MixtralConfig
     [JsonPropertyName("bos_token_id")] public int? BosTokenId { get; init; }
     [JsonPropertyName("eos_token_id")] public int? EosTokenId { get; init; }
 
+    // MoeGrains' training-time routing policy and its hyper-parameters (not in Hugging Face's MixtralConfig; other readers ignore them).
+    [JsonPropertyName("router_policy")] public string RouterPolicy { get; init; } = RoutingPolicies.TopK;
+    [JsonPropertyName("top_p_threshold")] public double TopPThreshold { get; init; } = 0.4;
+    [JsonPropertyName("top_p_max_experts")] public int? TopPMaxExperts { get; init; }
+    [JsonPropertyName("router_entropy_loss_coef")] public double RouterEntropyLossCoef { get; init; } = 1e-4;
+    [JsonPropertyName("num_null_experts")] public int NumNullExperts { get; init; }
+    [JsonPropertyName("thor_consistency_alpha")] public double ThorConsistencyAlpha { get; init; } = 1.0;
+
     [JsonIgnore] public int HeadDim => HiddenSize / NumAttentionHeads;
 
     private static readonly JsonSerializerOptions Json = new() { WriteIndented = true, DefaultIgnoreCondition = JsonIgnoreCondition.Never };
@@ -48,10 +56,18 @@ public sealed record MixtralConfig
         if (HeadDim % 2 != 0) return $"the head size hidden_size / num_attention_heads = {HeadDim} must be even (rotary positions rotate pairs)";
         if (NumKeyValueHeads < 1 || NumAttentionHeads % NumKeyValueHeads != 0) return $"num_attention_heads {NumAttentionHeads} must be a multiple of num_key_value_heads {NumKeyValueHeads}";
         if (NumLocalExperts < 1) return "num_local_experts must be positive";
-        if (NumExpertsPerTok < 1 || NumExpertsPerTok > NumLocalExperts) return $"num_experts_per_tok must be in 1..{NumLocalExperts}, got {NumExpertsPerTok}";
+        if (NumExpertsPerTok < 1 || NumExpertsPerTok > NumLocalExperts + NumNullExperts) return $"num_experts_per_tok must be in 1..{NumLocalExperts + NumNullExperts}, got {NumExpertsPerTok}";
         if (MaxPositionEmbeddings < 2) return "max_position_embeddings must be at least 2";
         if (!(RopeTheta > 0) || !(RmsNormEps > 0)) return "rope_theta and rms_norm_eps must be positive";
         if (RouterAuxLossCoef < 0 || double.IsNaN(RouterAuxLossCoef)) return "router_aux_loss_coef must not be negative";
+        if (!RoutingPolicies.All.Contains(RouterPolicy)) return $"router_policy must be one of {string.Join(", ", RoutingPolicies.All)}, got '{RouterPolicy}'";
+        if (!(TopPThreshold > 0 && TopPThreshold <= 1)) return $"top_p_threshold must be in (0, 1], got {TopPThreshold}";
+        if (TopPMaxExperts is { } cap && (cap < 1 || cap > NumLocalExperts)) return $"top_p_max_experts must be in 1..{NumLocalExperts}";
+        if (RouterEntropyLossCoef < 0 || double.IsNaN(RouterEntropyLossCoef)) return "router_entropy_loss_coef must not be negative";
+        if (ThorConsistencyAlpha < 0 || double.IsNaN(ThorConsistencyAlpha)) return "thor_consistency_alpha must not be negative";
+        if (NumNullExperts < 0) return "num_null_experts must not be negative";
+        if (RouterPolicy == RoutingPolicies.AdaMoE && NumNullExperts < 1) return "the adamoe policy needs num_null_experts of at least 1";
+        if (RouterPolicy != RoutingPolicies.AdaMoE && NumNullExperts != 0) return $"num_null_experts is for the adamoe policy only (router_policy is '{RouterPolicy}')";
         return null;
     }
 
@@ -86,6 +102,12 @@ public sealed record MixtralConfig
             ["rms_norm_eps"] = D(RmsNormEps),
             ["router_aux_loss_coef"] = D(RouterAuxLossCoef),
             ["tie_word_embeddings"] = TieWordEmbeddings ? "true" : "false",
+            ["router_policy"] = RouterPolicy,
+            ["top_p_threshold"] = D(TopPThreshold),
+            ["top_p_max_experts"] = I(TopPMaxExperts ?? NumLocalExperts),
+            ["router_entropy_loss_coef"] = D(RouterEntropyLossCoef),
+            ["num_null_experts"] = I(NumNullExperts),
+            ["thor_consistency_alpha"] = D(ThorConsistencyAlpha),
         };
     }
 
@@ -110,6 +132,12 @@ public sealed record MixtralConfig
             RmsNormEps = D("rms_norm_eps", 1e-5),
             RouterAuxLossCoef = D("router_aux_loss_coef", 0.01),
             TieWordEmbeddings = s.TryGetValue("tie_word_embeddings", out var tie) && tie == "true",
+            RouterPolicy = s.TryGetValue("router_policy", out var policy) ? policy : RoutingPolicies.TopK,
+            TopPThreshold = D("top_p_threshold", 0.4),
+            TopPMaxExperts = s.ContainsKey("top_p_max_experts") ? I("top_p_max_experts") : null,
+            RouterEntropyLossCoef = D("router_entropy_loss_coef", 1e-4),
+            NumNullExperts = s.ContainsKey("num_null_experts") ? I("num_null_experts") : 0,
+            ThorConsistencyAlpha = D("thor_consistency_alpha", 1.0),
         }.EnsureValid();
     }
 }

@@ -60,25 +60,82 @@ public sealed class MixtralForCausalLM : nn.Module
         }
     }
 
-    /// <summary>Next-token logits <c>[batch, tokens, vocab]</c> and each layer's router logits <c>[batch·tokens, experts]</c>.</summary>
-    public (Tensor Logits, Tensor[] RouterLogits) forward(Tensor inputIds, LayerKvCache[]? caches = null)
+    /// <summary>Next-token logits <c>[batch, tokens, vocab]</c> and how each layer routed (router logits <c>[batch·tokens, experts]</c> and choices).</summary>
+    public (Tensor Logits, MoeRouting[] Routing) forward(Tensor inputIds, LayerKvCache[]? caches = null)
     {
         using var scope = NewDisposeScope();
-        var (hidden, routerLogits) = model.forward(inputIds, caches);
+        var (hidden, routing) = model.forward(inputIds, caches);
         var logits = lm_head.forward(hidden).MoveToOuterDisposeScope();
-        foreach (var l in routerLogits) l.MoveToOuterDisposeScope();
-        return (logits, routerLogits);
+        foreach (var r in routing)
+        {
+            r.Logits.MoveToOuterDisposeScope();
+            r.Chosen.MoveToOuterDisposeScope();
+        }
+        return (logits, routing);
     }
 
-    /// <summary>Cross-entropy of <paramref name="targets"/> plus <c>router_aux_loss_coef</c> × the load-balancing loss.</summary>
+    /// <summary>
+    /// The training loss under the configuration's <c>router_policy</c>: cross-entropy of <paramref name="targets"/> plus
+    /// <list type="bullet">
+    /// <item><c>topk</c>: <c>router_aux_loss_coef</c> × the Switch load-balancing loss;</item>
+    /// <item><c>topp</c>: <c>router_aux_loss_coef</c> × the balance loss over the kept slots + <c>router_entropy_loss_coef</c> × the mean router entropy (the dynamic loss);</item>
+    /// <item><c>adamoe</c>: <c>router_aux_loss_coef</c> × the balance loss over n + m experts with the null experts balanced as a group;</item>
+    /// <item><c>thor</c> (while training): a second forward pass with other random experts, <c>CE₁ + CE₂ + α · SKL(p₁, p₂)</c>
+    /// (α = <c>thor_consistency_alpha</c>, SKL averaged over tokens); the language-model part reported is (CE₁ + CE₂) / 2 and the auxiliary part the SKL.</item>
+    /// </list>
+    /// </summary>
     public CausalLmLoss Loss(Tensor inputIds, Tensor targets)
     {
         using var scope = NewDisposeScope();
-        var (logits, routerLogits) = forward(inputIds);
+        var (logits, routing) = forward(inputIds);
         var lm = nn.functional.cross_entropy(logits.view(-1, Config.VocabSize), targets.reshape(-1));
-        var balance = LoadBalancingLoss.Compute(routerLogits, Config.NumExpertsPerTok);
-        var total = lm.add(balance.mul(Config.RouterAuxLossCoef));
-        return new CausalLmLoss(total.MoveToOuterDisposeScope(), lm.MoveToOuterDisposeScope(), balance.MoveToOuterDisposeScope());
+        Tensor total, aux;
+        switch (Config.RouterPolicy)
+        {
+            case RoutingPolicies.TopP:
+                aux = RoutingLosses.Balance(routing, Config.NumLocalExperts, 0);
+                total = lm.add(aux.mul(Config.RouterAuxLossCoef)).add(RoutingLosses.Entropy(routing).mul(Config.RouterEntropyLossCoef));
+                break;
+            case RoutingPolicies.AdaMoE:
+                aux = RoutingLosses.Balance(routing, Config.NumLocalExperts, Config.NumNullExperts);
+                total = lm.add(aux.mul(Config.RouterAuxLossCoef));
+                break;
+            case RoutingPolicies.Thor when training:
+                var (second, _) = forward(inputIds);
+                var lm2 = nn.functional.cross_entropy(second.view(-1, Config.VocabSize), targets.reshape(-1));
+                aux = RoutingLosses.SymmetricKl(logits, second);
+                total = lm.add(lm2).add(aux.mul(Config.ThorConsistencyAlpha));
+                lm = lm.add(lm2).div(2);
+                break;
+            case RoutingPolicies.Thor:
+                aux = zeros(1).squeeze();
+                total = lm;
+                break;
+            default:
+                aux = LoadBalancingLoss.Compute([.. routing.Select(r => r.Logits)], Config.NumExpertsPerTok);
+                total = lm.add(aux.mul(Config.RouterAuxLossCoef));
+                break;
+        }
+        return new CausalLmLoss(total.MoveToOuterDisposeScope(), lm.MoveToOuterDisposeScope(), aux.MoveToOuterDisposeScope());
+    }
+
+    /// <summary>
+    /// THOR's disagreement between random routes: the mean over tokens of SKL(p₁, p₂) of two forward passes whose random
+    /// experts are drawn independently (per pass in training mode, per token in evaluation mode). No gradients.
+    /// </summary>
+    public double RouteDisagreement(Tensor inputIds)
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        var (a, _) = forward(inputIds);
+        var (b, _) = forward(inputIds);
+        return RoutingLosses.SymmetricKl(a, b).item<float>();
+    }
+
+    /// <summary>Reseeds the random choices of every block (THOR's random experts), e.g. from the training seed.</summary>
+    public void ReseedRouting(int seed)
+    {
+        for (var i = 0; i < model.Layers.Count; i++) model.Layers[i].Moe.Reseed(unchecked(seed * 31 + i));
     }
 
     /// <summary>A fresh KV cache per layer, each holding at most <c>max_position_embeddings</c> positions.</summary>

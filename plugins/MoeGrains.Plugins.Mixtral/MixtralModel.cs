@@ -13,25 +13,31 @@ public sealed class MixtralModel : nn.Module
     public MixtralModel(MixtralConfig config) : base(nameof(MixtralModel))
     {
         embed_tokens = nn.Embedding(config.VocabSize, config.HiddenSize);
-        layers = nn.ModuleList(Enumerable.Range(0, config.NumHiddenLayers).Select(_ => new MixtralDecoderLayer(config)).ToArray());
+        layers = nn.ModuleList(Enumerable.Range(0, config.NumHiddenLayers).Select(i => new MixtralDecoderLayer(config, i)).ToArray());
         norm = new RmsNorm(config.HiddenSize, config.RmsNormEps);
         RegisterComponents();
     }
 
     public Embedding EmbedTokens => embed_tokens;
 
-    /// <summary>Hidden states after the final norm <c>[batch, tokens, hidden]</c>, and each layer's router logits.</summary>
-    public (Tensor Hidden, Tensor[] RouterLogits) forward(Tensor inputIds, LayerKvCache[]? caches = null)
+    public IReadOnlyList<MixtralDecoderLayer> Layers => [.. layers];
+
+    /// <summary>Hidden states after the final norm <c>[batch, tokens, hidden]</c>, and how each layer routed.</summary>
+    public (Tensor Hidden, MoeRouting[] Routing) forward(Tensor inputIds, LayerKvCache[]? caches = null)
     {
         using var scope = NewDisposeScope();
         var x = embed_tokens.forward(inputIds);
-        var logits = new Tensor[layers.Count];
+        var routing = new MoeRouting[layers.Count];
         for (var i = 0; i < layers.Count; i++)
         {
-            (x, logits[i]) = layers[i].forward(x, caches?[i]);
+            (x, routing[i]) = layers[i].forward(x, caches?[i]);
         }
         var hidden = norm.forward(x).MoveToOuterDisposeScope();
-        foreach (var l in logits) l.MoveToOuterDisposeScope();
-        return (hidden, logits);
+        foreach (var r in routing)
+        {
+            r.Logits.MoveToOuterDisposeScope();
+            r.Chosen.MoveToOuterDisposeScope();
+        }
+        return (hidden, routing);
     }
 }

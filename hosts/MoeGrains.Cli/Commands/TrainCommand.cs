@@ -24,7 +24,13 @@ internal static class TrainCommand
         var heads = new Option<int>("--heads") { DefaultValueFactory = _ => 4 };
         var kvHeads = new Option<int?>("--kv-heads") { Description = "Key/value heads (default: --heads)" };
         var experts = new Option<int>("--experts") { DefaultValueFactory = _ => 8 };
-        var topK = new Option<int>("--top-k") { DefaultValueFactory = _ => 2 };
+        var topK = new Option<int?>("--top-k") { Description = "Experts per token (default 2; 4 for --router adamoe, AdaMoE's larger k)" };
+        var router = new Option<string>("--router") { Description = $"Training-time routing policy: {string.Join(", ", RoutingPolicies.All)}", DefaultValueFactory = _ => RoutingPolicies.TopK };
+        var topP = new Option<double>("--top-p") { Description = "topp: the probability mass threshold p", DefaultValueFactory = _ => 0.4 };
+        var entropyCoef = new Option<double>("--entropy-coef") { Description = "topp: weight of the dynamic (router entropy) loss", DefaultValueFactory = _ => 1e-4 };
+        var nullExperts = new Option<int>("--null-experts") { Description = "adamoe: null experts m", DefaultValueFactory = _ => 16 };
+        var consistency = new Option<double>("--consistency-alpha") { Description = "thor: weight of the consistency (symmetric KL) loss", DefaultValueFactory = _ => 1.0 };
+        var babi = new Option<string?>("--babi") { Description = "Train on these bAbI tasks' training stories instead of --data (e.g. qa1,qa6,qa15)" };
         var dFf = new Option<int>("--d-ff") { Description = "Expert inner size", DefaultValueFactory = _ => 256 };
         var context = new Option<int?>("--context") { Description = "max_position_embeddings (default: --block)" };
         var block = new Option<int>("--block") { Description = "Tokens per training window", DefaultValueFactory = _ => 128 };
@@ -49,14 +55,22 @@ internal static class TrainCommand
         var command = new Command("train", "Train the reference Mixtral-style MoE language model on a text file (CPU)")
         {
             data, output, tokenizer, layers, dModel, heads, kvHeads, experts, topK, dFf, context, block, batch, steps, minutes, lr, minLr, warmup,
-            weightDecay, auxCoef, evalEvery, evalWindows, checkpointEvery, logEvery, seed, threads, resume, json,
+            weightDecay, auxCoef, evalEvery, evalWindows, checkpointEvery, logEvery, seed, threads, resume, json, router, topP, entropyCoef, nullExperts, consistency, babi,
         };
         command.SetAction((parse, ct) =>
         {
             var asJson = parse.GetValue(json);
             var log = asJson ? Console.Error : Console.Out;
-            var dataPath = parse.GetValue(data) ?? (CliPaths.Data is { } d ? Path.Combine(d, "text", "tinyshakespeare.txt") : null);
-            if (dataPath is null || !File.Exists(dataPath))
+            var babiTasks = parse.GetValue(babi)?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+            var dataPath = babiTasks is { Length: > 0 }
+                ? (CliPaths.Data is { } bd ? Path.Combine(bd, "qa", "babi") : null)
+                : parse.GetValue(data) ?? (CliPaths.Data is { } d ? Path.Combine(d, "text", "tinyshakespeare.txt") : null);
+            if (babiTasks is { Length: > 0 } && dataPath is not null && !Directory.Exists(dataPath))
+            {
+                Console.Error.WriteLine($"bAbI folder not found: {dataPath}");
+                return Task.FromResult(2);
+            }
+            if (dataPath is null || (babiTasks is not { Length: > 0 } && !File.Exists(dataPath)))
             {
                 Console.Error.WriteLine(dataPath is null
                     ? "No training text: pass --data FILE, or set MOEGRAINS_DATA to the shared data folder (text/tinyshakespeare.txt)."
@@ -77,7 +91,16 @@ internal static class TrainCommand
                 Console.Error.WriteLine(optionsError);
                 return Task.FromResult(2);
             }
-            var text = File.ReadAllText(dataPath);
+            string text;
+            try
+            {
+                text = babiTasks is { Length: > 0 } ? BabiTasks.TrainingText(dataPath, babiTasks) : File.ReadAllText(dataPath);
+            }
+            catch (Exception e) when (e is ArgumentException or FileNotFoundException or InvalidDataException)
+            {
+                Console.Error.WriteLine(e.Message);
+                return Task.FromResult(2);
+            }
             MixtralConfig config;
             ITextTokenizer tok;
             var resuming = parse.GetValue(resume) && LanguageModelCheckpoint.Exists(folder);
@@ -92,13 +115,16 @@ internal static class TrainCommand
                 else
                 {
                     tok = TextTokenizers.ForTraining(parse.GetValue(tokenizer)!, text);
+                    var policy = parse.GetValue(router)!.Trim().ToLowerInvariant();
                     config = new MixtralConfig
                     {
                         VocabSize = tok.VocabSize, HiddenSize = parse.GetValue(dModel), IntermediateSize = parse.GetValue(dFf),
                         NumHiddenLayers = parse.GetValue(layers), NumAttentionHeads = parse.GetValue(heads),
                         NumKeyValueHeads = parse.GetValue(kvHeads) ?? parse.GetValue(heads), NumLocalExperts = parse.GetValue(experts),
-                        NumExpertsPerTok = parse.GetValue(topK), MaxPositionEmbeddings = parse.GetValue(context) ?? options.BlockSize,
-                        RouterAuxLossCoef = parse.GetValue(auxCoef),
+                        NumExpertsPerTok = parse.GetValue(topK) ?? (policy == RoutingPolicies.AdaMoE ? 4 : 2), MaxPositionEmbeddings = parse.GetValue(context) ?? options.BlockSize,
+                        RouterAuxLossCoef = parse.GetValue(auxCoef), RouterPolicy = policy, TopPThreshold = parse.GetValue(topP),
+                        RouterEntropyLossCoef = parse.GetValue(entropyCoef), NumNullExperts = policy == RoutingPolicies.AdaMoE ? parse.GetValue(nullExperts) : 0,
+                        ThorConsistencyAlpha = parse.GetValue(consistency),
                     }.EnsureValid();
                 }
                 if (options.BlockSize > config.MaxPositionEmbeddings)
@@ -126,12 +152,20 @@ internal static class TrainCommand
             }
             var corpus = new TokenCorpus(ids, 0.1);
             using var model = new MixtralForCausalLM(config, options.Seed);
+            model.ReseedRouting((int)options.Seed);
             var parameterCount = model.parameters().Sum(p => p.numel());
             var active = parameterCount - (long)config.NumHiddenLayers * (config.NumLocalExperts - config.NumExpertsPerTok) * 3L * config.HiddenSize * config.IntermediateSize;
             log.WriteLine($"{Path.GetFileName(dataPath)}: {text.Length:N0} characters, {ids.Length:N0} {tok.Name} tokens ({tok.VocabSize} in the vocabulary), " +
                 $"{corpus.Train.Length:N0} for training, the last {corpus.HeldOut.Length:N0} held out; encoded in {sw.ElapsedMilliseconds} ms");
             log.WriteLine($"model: {config.NumHiddenLayers} layers, d_model {config.HiddenSize}, {config.NumAttentionHeads} heads, {config.NumLocalExperts} SwiGLU experts " +
                 $"(d_ff {config.IntermediateSize}) top-{config.NumExpertsPerTok}, context {config.MaxPositionEmbeddings}: {parameterCount / 1e6:F2} M parameters, {active / 1e6:F2} M active per token");
+            log.WriteLine($"routing: {config.RouterPolicy}" + config.RouterPolicy switch
+            {
+                RoutingPolicies.TopP => $" (p {config.TopPThreshold}, entropy loss ×{config.RouterEntropyLossCoef}, balance loss ×{config.RouterAuxLossCoef})",
+                RoutingPolicies.AdaMoE => $" ({config.NumNullExperts} null experts, top-{config.NumExpertsPerTok} of {config.NumLocalExperts + config.NumNullExperts}, group balance loss ×{config.RouterAuxLossCoef})",
+                RoutingPolicies.Thor => $" (a random expert per layer and pass, two passes, consistency α {config.ThorConsistencyAlpha})",
+                _ => $" (top-{config.NumExpertsPerTok}, balance loss ×{config.RouterAuxLossCoef})",
+            } + $"; served by the '{RoutingPolicies.ServingRouter(config.RouterPolicy)}' router plugin");
             log.WriteLine($"training: batch {options.BatchSize} × {options.BlockSize} tokens, {options.Steps} steps{(options.TimeBudget is { } tb ? $" or {tb.TotalMinutes:F1} min" : "")}, " +
                 $"AdamW lr {options.LearningRate:G3} (warm-up {options.WarmupSteps}, cosine to ×{options.MinLearningRateRatio}), {get_num_threads()} threads, seed {options.Seed} → {folder}");
 
@@ -159,7 +193,7 @@ internal static class TrainCommand
             {
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
-                    data = dataPath, checkpoint = folder, tokenizer = tok.Name, vocab_size = tok.VocabSize, parameters = parameterCount, active_parameters = active,
+                    data = dataPath, babi_tasks = babiTasks, router = config.RouterPolicy, checkpoint = folder, tokenizer = tok.Name, vocab_size = tok.VocabSize, parameters = parameterCount, active_parameters = active,
                     steps = summary.Steps, tokens = summary.Tokens, training_seconds = summary.TrainingTime.TotalSeconds, total_seconds = summary.TotalTime.TotalSeconds,
                     tokens_per_s = summary.TokensPerSecond, train_loss = summary.FinalTrainingLoss, heldout_loss = summary.HeldOutLoss, heldout_tokens = summary.HeldOutTokens,
                     stopped_by_time_budget = summary.StoppedByTimeBudget, threads = get_num_threads(), config,

@@ -8,7 +8,11 @@ using static TorchSharp.torch;
 namespace MoeGrains.Generation;
 
 /// <summary>What one mixture-of-experts layer step returned: its output and how many (token, expert) pairs it computed.</summary>
-public sealed record MoeLayerAnswer(Tensor Output, int ExpertSlots);
+public sealed record MoeLayerAnswer(Tensor Output, int ExpertSlots)
+{
+    /// <summary>Experts computed for each token of the step, when the caller knows the routing (in process); null otherwise.</summary>
+    public int[]? TokenExperts { get; init; }
+}
 
 /// <summary>Runs one mixture-of-experts layer on hidden states <c>[tokens, d_model]</c>: the in-process dispatcher or the layer grain.</summary>
 public delegate Task<MoeLayerAnswer> MoeLayerCallAsync(int layer, Tensor hidden, CancellationToken cancellationToken);
@@ -51,6 +55,11 @@ public sealed class DecoderSession : IDisposable
 
     /// <summary>(token, expert) pairs computed so far, per layer: divided by <see cref="Position"/>, the experts per token.</summary>
     public long[] ExpertSlots { get; private set; } = [];
+
+    /// <summary>Experts computed for each fed token, summed over the layers, where every layer's answer said (in process); else empty.</summary>
+    public IReadOnlyList<int> TokenExperts => _tokenExperts;
+
+    private readonly List<int> _tokenExperts = [];
 
     /// <summary>Creates the backbone stages from the checkpoint (synchronous: call it on the device lane).</summary>
     public static DecoderSession Create(PluginCatalog plugins, ModelSpec spec, SafeTensorsFile checkpoint, Device device, IServiceProvider services,
@@ -125,22 +134,30 @@ public sealed class DecoderSession : IDisposable
         try
         {
             var file = SafeTensorsFile.Open(checkpointPath);
-            MoeLayerCallAsync moe = router is null
-                ? async (layer, hidden, ct) => Answer(await local.ForwardLayerAsync(layer, hidden, cancellationToken: ct).ConfigureAwait(false))
-                : async (layer, hidden, ct) =>
+            MoeLayerCallAsync moe = async (layer, hidden, ct) =>
+            {
+                IRouter r;
+                if (router is null)
                 {
-                    if (!routers.TryGetValue(layer, out var r))
-                    {
-                        routers[layer] = r = PluginFactory.CreateRouter(plugins, local.Spec, file, layer, CPU, services, router);
-                    }
-                    var routing = Routing.Route(r, hidden, Routing.Availability(local.Spec.Experts, null));
-                    var result = await MoeLayerRunner.RunAsync(hidden, routing, local.Spec.Experts, local.Spec.DModel, (e, batch, _) =>
-                    {
-                        using var noGrad = no_grad();
-                        return Task.FromResult(new ExpertAnswer(local.Expert(layer, e).Forward(batch), "local", 0, 0));
-                    }, 1, TimeSpan.FromMinutes(5), ct).ConfigureAwait(false);
-                    return Answer(result);
-                };
+                    r = local.Router(layer);
+                }
+                else if (!routers.TryGetValue(layer, out r!))
+                {
+                    routers[layer] = r = PluginFactory.CreateRouter(plugins, local.Spec, file, layer, CPU, services, router);
+                }
+                var routing = Routing.Route(r, hidden, Routing.Availability(local.Spec.Experts, null));
+                var result = await MoeLayerRunner.RunAsync(hidden, routing, local.Spec.Experts, local.Spec.DModel, (e, batch, _) =>
+                {
+                    using var noGrad = no_grad();
+                    return Task.FromResult(new ExpertAnswer(local.Expert(layer, e).Forward(batch), "local", 0, 0));
+                }, 1, TimeSpan.FromMinutes(5), ct).ConfigureAwait(false);
+                var perToken = new int[routing.Tokens];
+                for (var i = 0; i < routing.Experts.Length; i++)
+                {
+                    if (routing.Experts[i] >= 0) perToken[i / routing.K]++;
+                }
+                return Answer(result) with { TokenExperts = perToken };
+            };
             return Create(plugins, local.Spec, file, CPU, services, moe, InlineLane.Instance, owned);
         }
         catch
@@ -185,6 +202,8 @@ public sealed class DecoderSession : IDisposable
             using var ids = tensor(tokens);
             return _embed.Forward(ids);
         }, cancellationToken);
+        var tokenExperts = new int[tokens.Length];
+        var perToken = true;
         try
         {
             for (var layer = 0; layer < _attention.Length; layer++)
@@ -200,6 +219,14 @@ public sealed class DecoderSession : IDisposable
                     var answer = await _moe(layer, normed, cancellationToken);
                     moe = answer.Output;
                     ExpertSlots[layer] += answer.ExpertSlots;
+                    if (answer.TokenExperts is { } te && te.Length == tokenExperts.Length)
+                    {
+                        for (var t = 0; t < te.Length; t++) tokenExperts[t] += te[t];
+                    }
+                    else
+                    {
+                        perToken = false;
+                    }
                 }
                 finally
                 {
@@ -220,6 +247,7 @@ public sealed class DecoderSession : IDisposable
                 return flat.Chunk(VocabSize).ToArray();
             }, cancellationToken);
             Position += tokens.Length;
+            if (perToken) _tokenExperts.AddRange(tokenExperts);
             return logits;
         }
         finally

@@ -16,12 +16,15 @@ public sealed record ModelSpec(string Name, int Layers, int Experts, int DModel,
 
     public string? Path { get; init; }
 
+    /// <summary>The rest of the checkpoint's metadata (a router's hyper-parameters such as <c>top_p_threshold</c>), handed to plugins with the sizes.</summary>
+    public IReadOnlyDictionary<string, string>? Metadata { get; init; }
+
     public static string ExpertPrefix(int layer, int expert) => $"model.layers.{layer}.block_sparse_moe.experts.{expert}.";
 
     public static string RouterPrefix(int layer) => $"model.layers.{layer}.block_sparse_moe.gate.";
 
     /// <summary>The settings handed to plugins (the checkpoint's metadata: sizes and hyper-parameters).</summary>
-    public IReadOnlyDictionary<string, string> Settings => new Dictionary<string, string>
+    public IReadOnlyDictionary<string, string> Settings => new Dictionary<string, string>(Metadata ?? new Dictionary<string, string>())
     {
         ["num_hidden_layers"] = Layers.ToString(CultureInfo.InvariantCulture),
         ["num_local_experts"] = Experts.ToString(CultureInfo.InvariantCulture),
@@ -47,10 +50,12 @@ public sealed record ModelSpec(string Name, int Layers, int Experts, int DModel,
             ? v
             : throw new CheckpointException($"Checkpoint '{file.Path}': metadata '{key}' is missing.");
         var spec = new ModelSpec(name, Int("num_hidden_layers"), Int("num_local_experts"), Int("hidden_size"), Int("intermediate_size"),
-            Int("num_experts_per_tok"), Text(ExpertPluginKey), Text(RouterPluginKey)) { Path = file.Path };
-        if (spec.TopK > spec.Experts)
+            Int("num_experts_per_tok"), Text(ExpertPluginKey), Text(RouterPluginKey)) { Path = file.Path, Metadata = file.Metadata };
+        // AdaMoE's k counts null experts too (num_null_experts, zero for other models).
+        var nulls = file.Metadata.TryGetValue("num_null_experts", out var m) && int.TryParse(m, NumberStyles.Integer, CultureInfo.InvariantCulture, out var nm) && nm > 0 ? nm : 0;
+        if (spec.TopK > spec.Experts + nulls)
         {
-            throw new CheckpointException($"Checkpoint '{file.Path}': num_experts_per_tok {spec.TopK} exceeds num_local_experts {spec.Experts}.");
+            throw new CheckpointException($"Checkpoint '{file.Path}': num_experts_per_tok {spec.TopK} exceeds num_local_experts {spec.Experts}{(nulls > 0 ? $" + {nulls} null experts" : "")}.");
         }
         return spec;
     }

@@ -1,0 +1,73 @@
+using static TorchSharp.torch;
+
+namespace MoeGrains.Plugins.Mixtral.Routing;
+
+/// <summary>
+/// THOR's inference routing (Zuo et al., "Taming Sparsely Activated Transformer with Stochastic Experts"): no gate;
+/// each token goes to one expert drawn uniformly at random among the available ones, weight 1 (<c>thor</c>, THOR's
+/// inference level 0). <see cref="ThorSequenceRouter"/> draws one expert per sequence instead. The gate weight of the
+/// checkpoint, if any, is not used. The draws come from the seed and the router's layer, so a run is reproducible.
+/// </summary>
+[Router("thor", Description = "THOR: a random expert per token (no gate)")]
+public sealed class ThorRouter(PluginContext context) : ThorRouterBase(context, "thor", perSequence: false);
+
+/// <summary>
+/// THOR with one random expert per sequence (THOR's inference level 1): the expert is drawn when the router is
+/// created, which is once per decoder session in process. Through the cluster the router grain of a layer is shared by
+/// sessions, so there the draw is per router activation, not per sequence.
+/// </summary>
+[Router("thor-seq", Description = "THOR: a random expert per sequence (per router instance)")]
+public sealed class ThorSequenceRouter(PluginContext context) : ThorRouterBase(context, "thor-seq", perSequence: true);
+
+public abstract class ThorRouterBase : IRouter
+{
+    private static int s_instances;
+    private readonly Random _random;
+    private readonly int _experts;
+    private readonly int _sequenceExpert;
+    private readonly bool _perSequence;
+
+    protected ThorRouterBase(PluginContext context, string name, bool perSequence)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        _experts = context.GetInt("num_local_experts");
+        if (_experts < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(context), "num_local_experts must be positive.");
+        }
+        _perSequence = perSequence;
+        // Per token: the seed and layer fix the draws. Per sequence: each instance (session) draws anew, in a reproducible order.
+        var seed = unchecked((int)context.Seed * 7919 + context.Layer * 104729 + (perSequence ? Interlocked.Increment(ref s_instances) * 15485863 : 0));
+        _random = new Random(seed);
+        _sequenceExpert = _random.Next(_experts);
+        Descriptor = new RouterDescriptor(name, _experts, 1) { Description = perSequence ? "a random expert per sequence" : "a random expert per token" };
+    }
+
+    public RouterDescriptor Descriptor { get; }
+
+    public RoutingDecision Route(Tensor hiddenStates, ExpertAvailability available)
+    {
+        ArgumentNullException.ThrowIfNull(hiddenStates);
+        ArgumentNullException.ThrowIfNull(available);
+        if (available.Count != _experts)
+        {
+            throw new ArgumentException($"Availability covers {available.Count} experts; this router has {_experts}.");
+        }
+        if (available.AvailableCount == 0)
+        {
+            throw new InvalidOperationException("No expert is available.");
+        }
+        var open = available.AsList().Select((a, i) => (a, i)).Where(p => p.a).Select(p => p.i).ToArray();
+        var tokens = (int)hiddenStates.shape[0];
+        var experts = new long[tokens];
+        for (var t = 0; t < tokens; t++)
+        {
+            experts[t] = _perSequence
+                ? (available.AsList()[_sequenceExpert] ? _sequenceExpert : open[_sequenceExpert % open.Length])
+                : open[_random.Next(open.Length)];
+        }
+        return new RoutingDecision(tensor(experts, [tokens, 1], device: hiddenStates.device), ones(tokens, 1, ScalarType.Float32, hiddenStates.device));
+    }
+
+    public void Dispose() => GC.SuppressFinalize(this);
+}
