@@ -450,6 +450,7 @@ internal static class OffloadBenchCommand
 
     private static void Print(OffloadReport report)
     {
+        AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 220);
         foreach (var workload in report.Runs.Select(r => r.Workload).Distinct())
         {
             var table = new Table().Title($"[bold]{workload}[/]");

@@ -24,6 +24,35 @@ public sealed class LoadedExpertWeights(Dictionary<string, Tensor> weights, long
 }
 
 /// <summary>
+/// One expert's weights read into host memory (float32 values and shapes), before any tensor exists: reading and
+/// dequantising touch no TorchSharp state, so they can run on any thread while the device computes.
+/// </summary>
+public sealed class HostExpertWeights(Dictionary<string, (float[] Values, long[] Shape)> weights, long bytesRead)
+{
+    public IReadOnlyDictionary<string, (float[] Values, long[] Shape)> Weights { get; } = weights;
+
+    public long BytesRead { get; } = bytesRead;
+
+    /// <summary>The tensors on <paramref name="device"/> (the caller disposes them).</summary>
+    public LoadedExpertWeights ToTensors(Device? device = null)
+    {
+        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        foreach (var (name, (values, shape)) in Weights)
+        {
+            var t = tensor(values, shape);
+            if (device is not null && device.type != TorchSharp.DeviceType.CPU)
+            {
+                var moved = t.to(device);
+                t.Dispose();
+                t = moved;
+            }
+            result[name] = t;
+        }
+        return new LoadedExpertWeights(result, BytesRead);
+    }
+}
+
+/// <summary>
 /// Experts' weights on storage, one safetensors file per expert (<c>layer{L}/expert{E}.safetensors</c>, each tensor with
 /// its SHA-256) under a manifest (<c>store.json</c>). An expert is stored at 32 bits (as trained), or group-quantised at
 /// 8 or 4 bits (<see cref="GroupQuantizer"/>: codes plus one float scale per group), chosen per expert, and dequantised
@@ -220,11 +249,16 @@ public sealed class ExpertWeightStore
     /// Reads one expert's file (header validated, every tensor checked against its SHA-256) and dequantises it to float32
     /// tensors on <paramref name="device"/>. Throws <see cref="CheckpointException"/> naming the expert when anything is wrong.
     /// </summary>
-    public LoadedExpertWeights Load(int layer, int expert, Device? device = null)
+    public LoadedExpertWeights Load(int layer, int expert, Device? device = null) => ReadHost(layer, expert).ToTensors(device);
+
+    /// <summary>
+    /// Reads one expert's file into host memory (header validated, every tensor checked against its SHA-256, quantised
+    /// tensors dequantised). Creates no tensor. Throws <see cref="CheckpointException"/> naming the expert when anything is wrong.
+    /// </summary>
+    public HostExpertWeights ReadHost(int layer, int expert)
     {
         var entry = Entry(layer, expert);
         var path = Path.Combine(Folder, entry.File);
-        var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         try
         {
             var file = SafeTensorsFile.Open(path);
@@ -240,56 +274,42 @@ public sealed class ExpertWeightStore
                 throw new CheckpointException($"its file has no '{ShapesKey}'");
             }
             long read = 0;
+            var result = new Dictionary<string, (float[], long[])>(StringComparer.Ordinal);
             foreach (var (name, shape) in shapes.OrderBy(p => p.Key, StringComparer.Ordinal))
             {
+                var (rows, cols) = Matrix(shape);
                 if (entry.Bits == 32)
                 {
-                    var t = file.Load(name);
-                    read += file.Tensors[name].ByteLength;
-                    if (!t.shape.SequenceEqual(shape) || t.dtype != ScalarType.Float32)
+                    if (!file.Tensors.TryGetValue(name, out var t) || t.DType != "F32" || !t.Shape.SequenceEqual(shape))
                     {
-                        t.Dispose();
-                        throw new CheckpointException($"tensor '{name}' is {t.dtype} [{string.Join(", ", t.shape)}], expected Float32 [{string.Join(", ", shape)}]");
+                        throw new CheckpointException($"tensor '{name}' is missing or not F32 [{string.Join(", ", shape)}]");
                     }
-                    result[name] = Place(t, device);
+                    var bytes = file.ReadBytes(name);
+                    read += bytes.LongLength;
+                    var values = new float[bytes.Length / 4];
+                    Buffer.BlockCopy(bytes, 0, values, 0, bytes.Length);
+                    result[name] = (values, shape);
                     continue;
                 }
-                var (rows, cols) = Matrix(shape);
-                var codeName = $"{name}.q{entry.Bits}";
-                var codes = file.ReadBytes(codeName);
+                var codes = file.ReadBytes($"{name}.q{entry.Bits}");
                 var scaleBytes = file.ReadBytes($"{name}.scale");
                 read += codes.LongLength + scaleBytes.LongLength;
                 var scales = new float[scaleBytes.Length / 4];
                 Buffer.BlockCopy(scaleBytes, 0, scales, 0, scales.Length * 4);
-                float[] values;
                 try
                 {
-                    values = GroupQuantizer.Dequantize(codes, scales, rows, cols, entry.Bits, group);
+                    result[name] = (GroupQuantizer.Dequantize(codes, scales, rows, cols, entry.Bits, group), shape);
                 }
                 catch (ArgumentException e)
                 {
                     throw new CheckpointException($"tensor '{name}': {e.Message}");
                 }
-                result[name] = Place(tensor(values, shape), device);
             }
-            return new LoadedExpertWeights(result, read);
+            return new HostExpertWeights(result, read);
         }
         catch (Exception e) when (e is CheckpointException or IOException or JsonException or UnauthorizedAccessException)
         {
-            foreach (var t in result.Values) t.Dispose();
             throw new CheckpointException($"Expert store '{Folder}': expert {expert} of layer {layer} ({entry.File}) cannot be loaded: {e.Message}");
-        }
-    }
-
-    private static Tensor Place(Tensor t, Device? device)
-    {
-        if (device is null || device.type == TorchSharp.DeviceType.CPU)
-        {
-            return t;
-        }
-        using (t)
-        {
-            return t.to(device);
         }
     }
 

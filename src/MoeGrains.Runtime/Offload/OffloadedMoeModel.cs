@@ -79,7 +79,7 @@ public sealed class OffloadedMoeModel : IDisposable
         }
         options.Budget.Validate(store.Entries.Max(e => e.DeviceBytes));
         _routerCheckpoint = routerCheckpoint is null ? null : SafeTensorsFile.Open(routerCheckpoint);
-        Cache = new DeviceExpertCache<IExpert>(options.Budget, options.Policy, id => store.Entry(id.Layer, id.Expert).DeviceBytes, LoadExpert);
+        Cache = new DeviceExpertCache<ResidentExpert>(options.Budget, options.Policy, id => store.Entry(id.Layer, id.Expert).DeviceBytes, LoadExpert);
     }
 
     public ModelSpec Spec { get; }
@@ -90,7 +90,7 @@ public sealed class OffloadedMoeModel : IDisposable
 
     public RoutingPathPredictor? Predictor { get; }
 
-    public DeviceExpertCache<IExpert> Cache { get; }
+    public DeviceExpertCache<ResidentExpert> Cache { get; }
 
     /// <summary>Called with each layer's routing (and the rows' token ids, when known): to record traces.</summary>
     public Action<int, RoutingResult, long[]?>? OnRouted { get; set; }
@@ -103,9 +103,17 @@ public sealed class OffloadedMoeModel : IDisposable
         }
     }
 
-    private (IExpert, long) LoadExpert(ExpertId id)
+    // Any thread: reads, checks and dequantises into host memory; no tensor is made here.
+    private (ResidentExpert, long) LoadExpert(ExpertId id)
     {
-        using var weights = _store.Load(id.Layer, id.Expert, Device);
+        var host = _store.ReadHost(id.Layer, id.Expert);
+        return (new ResidentExpert(host), host.BytesRead);
+    }
+
+    // The compute thread: the host weights become the plugin's tensors on the device.
+    private IExpert CreateExpert(ExpertId id, HostExpertWeights host)
+    {
+        using var weights = host.ToTensors(Device);
         var context = new PluginContext
         {
             Id = $"{Spec.Name}/{id.Layer}/{id.Expert}",
@@ -115,7 +123,35 @@ public sealed class OffloadedMoeModel : IDisposable
             Settings = Spec.Settings,
             Weights = weights.Weights,
         };
-        return (_plugins.Create<IExpert>(Spec.ExpertPlugin, PluginKind.Expert, context, _services), weights.BytesRead);
+        return _plugins.Create<IExpert>(Spec.ExpertPlugin, PluginKind.Expert, context, _services);
+    }
+
+    /// <summary>
+    /// An expert in the device cache: its host weights until first used, then the plugin made from them. Loads (and
+    /// prefetches) fill the host weights on any thread; the plugin is made on the thread that computes.
+    /// </summary>
+    public sealed class ResidentExpert(HostExpertWeights host) : IDisposable
+    {
+        private HostExpertWeights? _host = host;
+
+        public IExpert? Expert { get; private set; }
+
+        internal IExpert Get(Func<HostExpertWeights, IExpert> create)
+        {
+            if (Expert is null)
+            {
+                Expert = create(_host!);
+                _host = null;
+            }
+            return Expert;
+        }
+
+        public void Dispose()
+        {
+            Expert?.Dispose();
+            Expert = null;
+            _host = null;
+        }
     }
 
     /// <summary>The layer's router (resident), from the router checkpoint given, created on first use.</summary>
@@ -140,7 +176,9 @@ public sealed class OffloadedMoeModel : IDisposable
     {
         foreach (var e in _store.Entries.Take(Math.Min(Options.Budget.MaxExperts, _store.Count)))
         {
-            using var _ = Cache.Acquire(new ExpertId(e.Layer, e.Expert));
+            var id = new ExpertId(e.Layer, e.Expert);
+            using var lease = Cache.Acquire(id);
+            lease.Value.Get(host => CreateExpert(id, host));
         }
     }
 
@@ -165,9 +203,11 @@ public sealed class OffloadedMoeModel : IDisposable
         return MoeLayerRunner.RunAsync(hidden, routing, Spec.Experts, Spec.DModel, (e, batch, ct) =>
         {
             var sw = Stopwatch.StartNew();
-            using var lease = Cache.Acquire(new ExpertId(layer, e), ct);
+            var id = new ExpertId(layer, e);
+            using var lease = Cache.Acquire(id, ct);
+            var expert = lease.Value.Get(host => CreateExpert(id, host));
             using var _ = no_grad();
-            var y = lease.Value.Forward(batch);
+            var y = expert.Forward(batch);
             return Task.FromResult(new ExpertAnswer(y, "local", sw.Elapsed.TotalMilliseconds, 0));
         }, 1, TimeSpan.FromMinutes(5), cancellationToken);
     }

@@ -62,7 +62,10 @@ public sealed class SessionBatcher : IDisposable
             _tokens[slot] = tokens;
         }
         var steps = members.Select(m => _sessions[m.Slot].AppendAsync(m.Tokens, cancellationToken)).ToArray();
-        return await Task.WhenAll(steps);
+        var logits = await Task.WhenAll(steps);
+        // The sessions resumed inline, nested in the last layer call: leave that stack before the caller's next step.
+        await Task.Yield();
+        return logits;
     }
 
     private Task<MoeLayerAnswer> Arrive(int slot, int layer, Tensor hidden, CancellationToken cancellationToken)
