@@ -48,14 +48,21 @@ internal static class OffloadBenchCommand
         var replayRequests = new Option<int>("--replay-requests") { Description = "Concurrent requests in the Mixtral replay", DefaultValueFactory = _ => 32 };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 1 };
         var skipModel = new Option<bool>("--no-model") { Description = "Only the Mixtral replay" };
+        var only = new Option<string?>("--only") { Description = "Run one item in this process (model:0.25:lru, model:greedy, model:quant, mixtral:0.5:lfu, ...)" };
+        var inProcess = new Option<bool>("--in-process") { Description = "Run every item in this process instead of one child process per item" };
         var command = new Command("offload", "Experts that do not fit: expert store, device budget, LRU/LFU/predictive caching, prefetch and token scheduling")
         {
-            json, checkpoint, requests, batch, newTokens, prompt, replayTokens, replayRequests, threads, skipModel,
+            json, checkpoint, requests, batch, newTokens, prompt, replayTokens, replayRequests, threads, skipModel, only, inProcess,
         };
         command.SetAction(async (parse, ct) =>
         {
             set_num_threads(Math.Max(1, parse.GetValue(threads)));
             var progress = !parse.GetValue(json);
+            _only = parse.GetValue(only);
+            if (_only is null && !parse.GetValue(inProcess))
+            {
+                return await Isolated(parse.GetValue(skipModel), parse.GetValue(json), ct);
+            }
             var dir = Path.Combine(Path.GetTempPath(), $"moegrains-offload-{Environment.ProcessId}");
             Directory.CreateDirectory(dir);
             try
@@ -65,7 +72,7 @@ internal static class OffloadBenchCommand
                 object quant = "skipped";
                 bool? greedy = null;
                 long allBytes = 0, nonExpert = 0;
-                if (!parse.GetValue(skipModel))
+                if (!parse.GetValue(skipModel) && (_only is null || _only.StartsWith("model", StringComparison.Ordinal)))
                 {
                     var path = Path.GetFullPath(LanguageModelCheckpoint.WeightsPath(parse.GetValue(checkpoint)!));
                     if (!File.Exists(path))
@@ -77,8 +84,12 @@ internal static class OffloadBenchCommand
                     runs.AddRange(m.Runs);
                     (modelInfo, quant, greedy, allBytes, nonExpert) = (m.Info, m.Quantisation, m.Greedy, m.AllBytes, m.NonExpertBytes);
                 }
-                var (mixInfo, mixRuns) = await MixtralWorkload(dir, parse.GetValue(replayRequests), parse.GetValue(replayTokens), parse.GetValue(batch), progress, ct);
-                runs.AddRange(mixRuns);
+                object mixInfo = "skipped";
+                if (_only is null || _only.StartsWith("mixtral", StringComparison.Ordinal))
+                {
+                    (mixInfo, var mixRuns) = await MixtralWorkload(dir, parse.GetValue(replayRequests), parse.GetValue(replayTokens), parse.GetValue(batch), progress, ct);
+                    runs.AddRange(mixRuns);
+                }
                 var report = new OffloadReport("offload", modelInfo, mixInfo, allBytes, nonExpert, greedy, quant, [.. runs]);
                 if (parse.GetValue(json))
                 {
@@ -101,6 +112,95 @@ internal static class OffloadBenchCommand
             }
         });
         return command;
+    }
+
+    private static string? _only;
+
+    private static bool Want(string item) => _only is null || _only == item;
+
+    // Each item in its own process: the runs of one process cannot disturb the next (see the README on the native crash).
+    private static async Task<int> Isolated(bool skipModel, bool asJson, CancellationToken ct)
+    {
+        var items = new List<string>();
+        if (!skipModel)
+        {
+            items.AddRange(from f in Budgets from p in Policies select $"model:{f}:{p}");
+            items.Add("model:greedy");
+            items.Add("model:quant");
+        }
+        items.AddRange(from f in Budgets from p in Policies select $"mixtral:{f}:{p}");
+        var args = Environment.GetCommandLineArgs().Skip(1).Where(a => a != "--json").ToList();
+        var host = Environment.ProcessPath!;
+        var prefix = Path.GetFileNameWithoutExtension(host) == "dotnet" ? new List<string> { typeof(OffloadBenchCommand).Assembly.Location } : [];
+        var runs = new List<OffloadRun>();
+        System.Text.Json.Nodes.JsonObject? merged = null;
+        var failures = new List<string>();
+        foreach (var item in items)
+        {
+            string? output = null;
+            for (var attempt = 1; attempt <= 3 && output is null; attempt++)
+            {
+                if (!asJson) Console.Error.WriteLine($"{item} (attempt {attempt})...");
+                var start = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true };
+                foreach (var a in prefix.Concat(args).Concat(["--only", item, "--json"])) start.ArgumentList.Add(a);
+                using var child = Process.Start(start)!;
+                var stdout = child.StandardOutput.ReadToEndAsync(ct);
+                var stderr = child.StandardError.ReadToEndAsync(ct);
+                await child.WaitForExitAsync(ct);
+                if (child.ExitCode == 0)
+                {
+                    output = await stdout;
+                }
+                else
+                {
+                    var error = (await stderr).Split('\n').FirstOrDefault(l => l.Contains("error", StringComparison.OrdinalIgnoreCase) || l.Contains("exception", StringComparison.OrdinalIgnoreCase));
+                    failures.Add($"{item} attempt {attempt}: exit code {child.ExitCode} {error}".Trim());
+                    if (child.ExitCode == 2) break; // a refused input: retrying cannot help
+                }
+            }
+            if (output is null)
+            {
+                continue;
+            }
+            var node = System.Text.Json.Nodes.JsonNode.Parse(output)!.AsObject();
+            runs.AddRange(node["runs"]!.Deserialize<OffloadRun[]>(BenchCommands.JsonOptions)!);
+            if (merged is null)
+            {
+                merged = node;
+            }
+            else
+            {
+                foreach (var key in new[] { "model", "mixtral", "quantisation", "greedy_identical_at25", "all_experts_bytes", "non_expert_bytes" })
+                {
+                    var value = node[key];
+                    var have = merged[key];
+                    var empty = have is null || have.ToJsonString() is "\"skipped\"" or "[]" or "0" or "null";
+                    if (value is not null && empty && value.ToJsonString() is not ("\"skipped\"" or "[]" or "0" or "null"))
+                    {
+                        merged[key] = value.DeepClone();
+                    }
+                }
+            }
+        }
+        if (merged is null)
+        {
+            Console.Error.WriteLine($"error: every item failed: {string.Join("; ", failures)}");
+            return 1;
+        }
+        merged["runs"] = System.Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(runs, BenchCommands.JsonOptions));
+        merged["failed_attempts"] = new System.Text.Json.Nodes.JsonArray([.. failures.Select(f => (System.Text.Json.Nodes.JsonNode?)System.Text.Json.Nodes.JsonValue.Create(f))]);
+        if (asJson)
+        {
+            Console.WriteLine(merged.ToJsonString(BenchCommands.JsonOptions));
+        }
+        else
+        {
+            var report = new OffloadReport("offload", merged["model"]!, merged["mixtral"]!, (long?)merged["all_experts_bytes"] ?? 0, (long?)merged["non_expert_bytes"] ?? 0,
+                (bool?)merged["greedy_identical_at25"], merged["quantisation"]!, [.. runs]);
+            Print(report);
+            foreach (var f in failures) AnsiConsole.WriteLine($"failed attempt: {f}");
+        }
+        return 0;
     }
 
     private static void Log(bool progress, string text)
@@ -152,7 +252,8 @@ internal static class OffloadBenchCommand
                     for (var t = 0; t < rows.Count; t++) predictor.Observe(new RoutePath(ids.Length > t ? ids[t] : -1, rows[t]));
                 }
             };
-            const int windows = 24, window = 100;
+            var windows = int.TryParse(Environment.GetEnvironmentVariable("MOEGRAINS_OFFLOAD_WINDOWS"), out var w0) ? w0 : 24;
+            const int window = 100;
             using var batcher = new SessionBatcher(recorder, plugins, path, CliServices.Provider, windows);
             var members = Enumerable.Range(0, windows).Select(w =>
             {
@@ -176,6 +277,7 @@ internal static class OffloadBenchCommand
         {
             foreach (var policy in Policies)
             {
+                if (!Want($"model:{fraction}:{policy}")) continue;
                 Log(progress, $"budget {fraction:P0}, {policy}...");
                 var options = new OffloadOptions { Budget = new(BudgetExperts(fraction, total)), Policy = PolicyOf(policy) };
                 var r = await RunModel(plugins, store, path, predictor, options, prompts, newTokens, batchSize, policy.EndsWith("scheduling", StringComparison.Ordinal), false, ct);
@@ -184,26 +286,29 @@ internal static class OffloadBenchCommand
         }
 
         // Greedy generation of one request at a 25% budget (predictive, prefetching) against the in-process model, token for token.
-        Log(progress, "greedy check at 25%: offloaded vs in-process...");
         var greedyPrompt = prompts[0];
+        var quant = new List<object>();
+        bool? identical = null;
+        List<int> offloaded = [];
+        if (Want("model:greedy") || Want("model:quant"))
+        {
+        Log(progress, "greedy check at 25%: offloaded vs in-process...");
         List<int> reference;
         using (var session = DecoderSession.InProcess(plugins, path, CliServices.Provider, "lm"))
         {
             reference = await Greedy(session.AppendAsync, greedyPrompt, 48, ct);
         }
-        List<int> offloaded;
         using (var model = new OffloadedMoeModel(plugins, store, CliServices.Provider,
             new OffloadOptions { Budget = new(BudgetExperts(0.25, total)), Policy = ExpertCachePolicy.Predictive }, predictor, path))
         using (var single = new SessionBatcher(model, plugins, path, CliServices.Provider, 1))
         {
             offloaded = await Greedy(async (tokens, token) => (await single.StepAsync([(0, tokens)], token))[0], greedyPrompt, 48, ct);
         }
-        var identical = reference.SequenceEqual(offloaded);
+        identical = reference.SequenceEqual(offloaded);
 
         // Quantised stores: bytes and agreement of greedy output with the float32 model.
         Log(progress, "int8 and int4 stores...");
-        var quant = new List<object>();
-        foreach (var bits in new[] { 8, 4 })
+        foreach (var bits in Want("model:quant") ? new[] { 8, 4 } : [])
         {
             var q = ExpertWeightStore.Write(file, spec, Path.Combine(dir, $"lm-int{bits}"), (_, _) => bits);
             using var model = new OffloadedMoeModel(plugins, q, CliServices.Provider,
@@ -221,6 +326,7 @@ internal static class OffloadBenchCommand
                 greedy_tokens_matching_fp32 = same,
                 greedy_tokens = tokens.Count,
             });
+        }
         }
 
         var info = new
@@ -391,6 +497,7 @@ internal static class OffloadBenchCommand
         {
             foreach (var policy in Policies)
             {
+                if (!Want($"mixtral:{fraction}:{policy}")) continue;
                 Log(progress, $"Mixtral replay: budget {fraction:P0}, {policy}...");
                 var options = new OffloadOptions { Budget = new(BudgetExperts(fraction, store.Count)), Policy = PolicyOf(policy) };
                 var r = await Run(options, policy.EndsWith("scheduling", StringComparison.Ordinal), false);

@@ -39,7 +39,12 @@ public sealed class HostExpertWeights(Dictionary<string, (float[] Values, long[]
         var result = new Dictionary<string, Tensor>(StringComparer.Ordinal);
         foreach (var (name, (values, shape)) in Weights)
         {
-            var t = tensor(values, shape);
+            // Copied into storage libtorch owns (no pinned managed array behind the tensor).
+            var t = empty(shape, ScalarType.Float32).DetachFromDisposeScope();
+            if (values.Length > 0)
+            {
+                t.bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()).ToArray();
+            }
             if (device is not null && device.type != TorchSharp.DeviceType.CPU)
             {
                 var moved = t.to(device);
@@ -162,7 +167,9 @@ public sealed class ExpertWeightStore
                 var codeTensor = empty(new long[] { rows, bits == 8 ? cols : cols / 2 }, bits == 8 ? ScalarType.Int8 : ScalarType.Byte);
                 codeTensor.bytes = codes;
                 tensors.Add(new($"{name}.q{bits}", codeTensor));
-                tensors.Add(new($"{name}.scale", tensor(scales, new long[] { rows, cols / g })));
+                var scaleTensor = empty(new long[] { rows, cols / g }, ScalarType.Float32);
+                scaleTensor.bytes = System.Runtime.InteropServices.MemoryMarshal.AsBytes(scales.AsSpan()).ToArray();
+                tensors.Add(new($"{name}.scale", scaleTensor));
             }
             SafeTensorsFile.Write(path, tensors, new Dictionary<string, string>
             {

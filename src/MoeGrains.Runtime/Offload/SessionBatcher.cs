@@ -52,9 +52,12 @@ public sealed class SessionBatcher : IDisposable
     /// <summary>Feeds each listed session its tokens in one step; returns each one's next-token logits.</summary>
     public async Task<float[][]> StepAsync(IReadOnlyList<(int Slot, long[] Tokens)> members, CancellationToken cancellationToken = default)
     {
-        if (_pending.Count > 0)
+        lock (_pending)
         {
-            throw new InvalidOperationException("A step is already running.");
+            if (_pending.Count > 0)
+            {
+                throw new InvalidOperationException("A step is already running.");
+            }
         }
         _expected = members.Count;
         foreach (var (slot, tokens) in members)
@@ -62,24 +65,30 @@ public sealed class SessionBatcher : IDisposable
             _tokens[slot] = tokens;
         }
         var steps = members.Select(m => _sessions[m.Slot].AppendAsync(m.Tokens, cancellationToken)).ToArray();
-        var logits = await Task.WhenAll(steps);
-        // The sessions resumed inline, nested in the last layer call: leave that stack before the caller's next step.
-        await Task.Yield();
-        return logits;
+        return await Task.WhenAll(steps);
     }
 
     private Task<MoeLayerAnswer> Arrive(int slot, int layer, Tensor hidden, CancellationToken cancellationToken)
     {
-        var done = new TaskCompletionSource<MoeLayerAnswer>();
-        if (!_pending.TryGetValue(layer, out var list))
+        // Sessions resume on the thread pool, not nested in this call: each keeps its own stack.
+        var done = new TaskCompletionSource<MoeLayerAnswer>(TaskCreationOptions.RunContinuationsAsynchronously);
+        List<(int Slot, Tensor Hidden, TaskCompletionSource<MoeLayerAnswer> Done)>? ready = null;
+        lock (_pending)
         {
-            _pending[layer] = list = [];
+            if (!_pending.TryGetValue(layer, out var list))
+            {
+                _pending[layer] = list = [];
+            }
+            list.Add((slot, hidden, done));
+            if (list.Count == _expected)
+            {
+                _pending.Remove(layer);
+                ready = [.. list.OrderBy(p => p.Slot)];
+            }
         }
-        list.Add((slot, hidden, done));
-        if (list.Count == _expected)
+        if (ready is not null)
         {
-            _pending.Remove(layer);
-            _ = RunLayer(layer, [.. list.OrderBy(p => p.Slot)], cancellationToken);
+            _ = RunLayer(layer, ready, cancellationToken);
         }
         return done.Task;
     }
