@@ -14,7 +14,7 @@ namespace MoeGrains.Cli.Commands;
 
 internal static class BenchCommands
 {
-    public static Command Create() => new("bench", "Benchmarks that print a table and, with --json, one JSON object") { Dispatch(), LoadBenchCommand.Create() };
+    public static Command Create() => new("bench", "Benchmarks that print a table and, with --json, one JSON object") { Dispatch(), LoadBenchCommand.Create(), OffloadBenchCommand.Create() };
 
     private static Command Dispatch()
     {

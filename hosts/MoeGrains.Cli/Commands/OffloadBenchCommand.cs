@@ -1,0 +1,579 @@
+using System.CommandLine;
+using System.Diagnostics;
+using System.Text.Json;
+using MoeGrains.Checkpoints;
+using MoeGrains.Contracts;
+using MoeGrains.Generation;
+using MoeGrains.Models;
+using MoeGrains.Offload;
+using MoeGrains.Placement;
+using MoeGrains.Plugins;
+using MoeGrains.Plugins.Mixtral.Tokenizers;
+using Spectre.Console;
+using static TorchSharp.torch;
+
+namespace MoeGrains.Cli.Commands;
+
+/// <summary>
+/// <c>moe bench offload</c>: experts that do not fit. For budgets of 25, 50 and 100% of the experts and each policy
+/// (LRU, LFU, predictive, predictive with token scheduling), runs (1) the reference language model, greedy decoding of
+/// concurrent requests with its experts in an <see cref="ExpertWeightStore"/>, and (2) a workload replayed from the real
+/// Mixtral-8x7B routing statistics (layers 0, 7, 15 as three layers of stored SwiGLU experts, routes sampled from the
+/// counts); reports hit ratio, loads and bytes per token, peak device bytes and tokens/s against everything resident.
+/// </summary>
+internal static class OffloadBenchCommand
+{
+    private static readonly double[] Budgets = [0.25, 0.5, 1.0];
+    private static readonly string[] Policies = ["lru", "lfu", "predictive", "predictive+scheduling"];
+
+    internal sealed record OffloadRun(
+        string Workload, double BudgetFraction, string Policy, double HitRatio, double LoadsPerToken, double DemandLoadsPerToken,
+        double BytesPerToken, long PeakDeviceBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
+        double StallMsPerToken, double? PredictionRecall, double? PredictionPrecision, double DistinctExpertsPerBatchLayer,
+        long Tokens, bool? IdenticalToResident);
+
+    internal sealed record OffloadReport(
+        string Benchmark, object Model, object Mixtral, long AllExpertsBytes, long NonExpertBytes, bool? GreedyIdenticalAt25,
+        object Quantisation, OffloadRun[] Runs);
+
+    public static Command Create()
+    {
+        var json = new Option<bool>("--json") { Description = "Print one JSON object instead of the tables" };
+        var checkpoint = new Option<string>("--checkpoint") { Description = "Reference model checkpoint (folder or model.safetensors)", DefaultValueFactory = _ => Path.Combine(CliPaths.Checkpoints, "shakespeare") };
+        var requests = new Option<int>("--requests") { Description = "Concurrent requests", DefaultValueFactory = _ => 16 };
+        var batch = new Option<int>("--batch") { Description = "Requests stepped together (a batch)", DefaultValueFactory = _ => 4 };
+        var newTokens = new Option<int>("--new-tokens") { Description = "Greedy tokens generated per request", DefaultValueFactory = _ => 16 };
+        var prompt = new Option<int>("--prompt") { Description = "Prompt characters per request", DefaultValueFactory = _ => 24 };
+        var replayTokens = new Option<int>("--replay-tokens") { Description = "Tokens per request in the Mixtral replay", DefaultValueFactory = _ => 16 };
+        var replayRequests = new Option<int>("--replay-requests") { Description = "Concurrent requests in the Mixtral replay", DefaultValueFactory = _ => 32 };
+        var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 1 };
+        var skipModel = new Option<bool>("--no-model") { Description = "Only the Mixtral replay" };
+        var only = new Option<string?>("--only") { Description = "Run one item in this process (model:0.25:lru, model:greedy, model:quant, mixtral:0.5:lfu, ...)" };
+        var inProcess = new Option<bool>("--in-process") { Description = "Run every item in this process instead of one child process per item" };
+        var command = new Command("offload", "Experts that do not fit: expert store, device budget, LRU/LFU/predictive caching, prefetch and token scheduling")
+        {
+            json, checkpoint, requests, batch, newTokens, prompt, replayTokens, replayRequests, threads, skipModel, only, inProcess,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            set_num_threads(Math.Max(1, parse.GetValue(threads)));
+            var progress = !parse.GetValue(json);
+            _only = parse.GetValue(only);
+            if (_only is null && !parse.GetValue(inProcess))
+            {
+                return await Isolated(parse.GetValue(skipModel), parse.GetValue(json), ct);
+            }
+            var dir = Path.Combine(Path.GetTempPath(), $"moegrains-offload-{Environment.ProcessId}");
+            Directory.CreateDirectory(dir);
+            try
+            {
+                var runs = new List<OffloadRun>();
+                object modelInfo = "skipped";
+                object quant = "skipped";
+                bool? greedy = null;
+                long allBytes = 0, nonExpert = 0;
+                if (!parse.GetValue(skipModel) && (_only is null || _only.StartsWith("model", StringComparison.Ordinal)))
+                {
+                    var path = Path.GetFullPath(LanguageModelCheckpoint.WeightsPath(parse.GetValue(checkpoint)!));
+                    if (!File.Exists(path))
+                    {
+                        Console.Error.WriteLine($"error: no checkpoint at {path}: train one with `moe train --out {LanguageModelCheckpoint.Folder(path)}`.");
+                        return 2;
+                    }
+                    var m = await ModelWorkload(path, dir, parse.GetValue(requests), parse.GetValue(batch), parse.GetValue(prompt), parse.GetValue(newTokens), progress, ct);
+                    runs.AddRange(m.Runs);
+                    (modelInfo, quant, greedy, allBytes, nonExpert) = (m.Info, m.Quantisation, m.Greedy, m.AllBytes, m.NonExpertBytes);
+                }
+                object mixInfo = "skipped";
+                if (_only is null || _only.StartsWith("mixtral", StringComparison.Ordinal))
+                {
+                    (mixInfo, var mixRuns) = await MixtralWorkload(dir, parse.GetValue(replayRequests), parse.GetValue(replayTokens), parse.GetValue(batch), progress, ct);
+                    runs.AddRange(mixRuns);
+                }
+                var report = new OffloadReport("offload", modelInfo, mixInfo, allBytes, nonExpert, greedy, quant, [.. runs]);
+                if (parse.GetValue(json))
+                {
+                    Console.WriteLine(JsonSerializer.Serialize(report, BenchCommands.JsonOptions));
+                }
+                else
+                {
+                    Print(report);
+                }
+                return 0;
+            }
+            catch (Exception e) when (e is CheckpointException or RoutingTraceFormatException or FileNotFoundException or ArgumentException)
+            {
+                Console.Error.WriteLine($"error: {e.Message}");
+                return 2;
+            }
+            finally
+            {
+                try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+            }
+        });
+        return command;
+    }
+
+    private static string? _only;
+
+    private static bool Want(string item) => _only is null || _only == item;
+
+    // Each item in its own process: the runs of one process cannot disturb the next (see the README on the native crash).
+    private static async Task<int> Isolated(bool skipModel, bool asJson, CancellationToken ct)
+    {
+        var items = new List<string>();
+        if (!skipModel)
+        {
+            items.AddRange(from f in Budgets from p in Policies select $"model:{f}:{p}");
+            items.Add("model:greedy");
+            items.Add("model:quant");
+        }
+        items.AddRange(from f in Budgets from p in Policies select $"mixtral:{f}:{p}");
+        var args = Environment.GetCommandLineArgs().Skip(1).Where(a => a != "--json").ToList();
+        var host = Environment.ProcessPath!;
+        var prefix = Path.GetFileNameWithoutExtension(host) == "dotnet" ? new List<string> { typeof(OffloadBenchCommand).Assembly.Location } : [];
+        var runs = new List<OffloadRun>();
+        System.Text.Json.Nodes.JsonObject? merged = null;
+        var failures = new List<string>();
+        foreach (var item in items)
+        {
+            string? output = null;
+            for (var attempt = 1; attempt <= 3 && output is null; attempt++)
+            {
+                if (!asJson) Console.Error.WriteLine($"{item} (attempt {attempt})...");
+                var start = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true };
+                foreach (var a in prefix.Concat(args).Concat(["--only", item, "--json"])) start.ArgumentList.Add(a);
+                using var child = Process.Start(start)!;
+                var stdout = child.StandardOutput.ReadToEndAsync(ct);
+                var stderr = child.StandardError.ReadToEndAsync(ct);
+                await child.WaitForExitAsync(ct);
+                if (child.ExitCode == 0)
+                {
+                    output = await stdout;
+                }
+                else
+                {
+                    var error = (await stderr).Split('\n').FirstOrDefault(l => l.Contains("error", StringComparison.OrdinalIgnoreCase) || l.Contains("exception", StringComparison.OrdinalIgnoreCase));
+                    failures.Add($"{item} attempt {attempt}: exit code {child.ExitCode} {error}".Trim());
+                    if (child.ExitCode == 2) break; // a refused input: retrying cannot help
+                }
+            }
+            if (output is null)
+            {
+                continue;
+            }
+            var node = System.Text.Json.Nodes.JsonNode.Parse(output)!.AsObject();
+            runs.AddRange(node["runs"]!.Deserialize<OffloadRun[]>(BenchCommands.JsonOptions)!);
+            if (merged is null)
+            {
+                merged = node;
+            }
+            else
+            {
+                foreach (var key in new[] { "model", "mixtral", "quantisation", "greedy_identical_at25", "all_experts_bytes", "non_expert_bytes" })
+                {
+                    var value = node[key];
+                    var have = merged[key];
+                    var empty = have is null || have.ToJsonString() is "\"skipped\"" or "[]" or "0" or "null";
+                    if (value is not null && empty && value.ToJsonString() is not ("\"skipped\"" or "[]" or "0" or "null"))
+                    {
+                        merged[key] = value.DeepClone();
+                    }
+                }
+            }
+        }
+        if (merged is null)
+        {
+            Console.Error.WriteLine($"error: every item failed: {string.Join("; ", failures)}");
+            return 1;
+        }
+        merged["runs"] = System.Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(runs, BenchCommands.JsonOptions));
+        merged["failed_attempts"] = new System.Text.Json.Nodes.JsonArray([.. failures.Select(f => (System.Text.Json.Nodes.JsonNode?)System.Text.Json.Nodes.JsonValue.Create(f))]);
+        if (asJson)
+        {
+            Console.WriteLine(merged.ToJsonString(BenchCommands.JsonOptions));
+        }
+        else
+        {
+            var report = new OffloadReport("offload", merged["model"]!, merged["mixtral"]!, (long?)merged["all_experts_bytes"] ?? 0, (long?)merged["non_expert_bytes"] ?? 0,
+                (bool?)merged["greedy_identical_at25"], merged["quantisation"]!, [.. runs]);
+            Print(report);
+            foreach (var f in failures) AnsiConsole.WriteLine($"failed attempt: {f}");
+        }
+        return 0;
+    }
+
+    private static void Log(bool progress, string text)
+    {
+        if (progress) Console.Error.WriteLine(text);
+    }
+
+    private static ExpertCachePolicy PolicyOf(string name) => name.StartsWith("predictive", StringComparison.Ordinal) ? ExpertCachePolicy.Predictive
+        : name == "lfu" ? ExpertCachePolicy.Lfu : ExpertCachePolicy.Lru;
+
+    private static int BudgetExperts(double fraction, int total) => Math.Max(1, (int)Math.Ceiling(fraction * total - 1e-9));
+
+    // ---------------------------------------------------------------- the reference language model
+
+    private sealed record ModelResult(object Info, object Quantisation, bool? Greedy, long AllBytes, long NonExpertBytes, List<OffloadRun> Runs);
+
+    private static async Task<ModelResult> ModelWorkload(string path, string dir, int requests, int batchSize, int promptChars, int newTokens, bool progress, CancellationToken ct)
+    {
+        var plugins = PluginCatalog.Load(CliPaths.Plugins);
+        var file = SafeTensorsFile.Open(path);
+        var spec = ModelSpec.FromCheckpoint("lm", file);
+        var tokenizer = TextTokenizers.FromMetadata(file.Metadata);
+        var data = CliPaths.Data ?? throw new FileNotFoundException("The shared data folder was not found: set MOEGRAINS_DATA.");
+        var text = File.ReadAllText(Path.Combine(data, "text", "tinyshakespeare.txt"));
+        var split = (int)(text.Length * 0.9);
+        Log(progress, $"reference model {path}: {spec.Layers} layers x {spec.Experts} experts, top-{spec.TopK}; writing the expert store...");
+        var store = ExpertWeightStore.Write(file, spec, Path.Combine(dir, "lm-fp32"));
+        var total = store.Count;
+        var expertBytes = store.TotalDeviceBytes;
+        var nonExpertBytes = file.Tensors.Values.Where(t => !t.Name.Contains(".block_sparse_moe.experts.", StringComparison.Ordinal)).Sum(t => t.ByteLength);
+
+        // The predictor learns from the model's own routes on training text (teacher-forced windows).
+        Log(progress, "recording routes on training text for the predictor...");
+        var predictor = new RoutingPathPredictor(spec.Layers, spec.Experts, spec.TopK);
+        {
+            using var recorder = new OffloadedMoeModel(plugins, store, CliServices.Provider, new OffloadOptions { Budget = new(total) }, null, path);
+            var rows = new List<int[][]>();
+            long[] ids = [];
+            recorder.OnRouted = (layer, routing, tokenIds) =>
+            {
+                if (layer == 0)
+                {
+                    rows = [.. Enumerable.Range(0, routing.Tokens).Select(_ => new int[spec.Layers][])];
+                    ids = tokenIds ?? [];
+                }
+                for (var t = 0; t < routing.Tokens; t++) rows[t][layer] = routing.Experts[(t * routing.K)..((t + 1) * routing.K)];
+                if (layer == spec.Layers - 1)
+                {
+                    for (var t = 0; t < rows.Count; t++) predictor.Observe(new RoutePath(ids.Length > t ? ids[t] : -1, rows[t]));
+                }
+            };
+            var windows = int.TryParse(Environment.GetEnvironmentVariable("MOEGRAINS_OFFLOAD_WINDOWS"), out var w0) ? w0 : 24;
+            const int window = 100;
+            using var batcher = new SessionBatcher(recorder, plugins, path, CliServices.Provider, windows);
+            var members = Enumerable.Range(0, windows).Select(w =>
+            {
+                var start = (int)((long)w * (split - window) / windows);
+                return (w, tokenizer.Encode(text.Substring(start, window)).Select(i => (long)i).ToArray());
+            }).ToList();
+            await batcher.StepAsync(members, ct);
+        }
+
+        // Requests: prompts from the held-out text.
+        var prompts = Enumerable.Range(0, requests).Select(r =>
+        {
+            var start = split + (int)((long)r * (text.Length - split - promptChars - 1) / Math.Max(1, requests));
+            return tokenizer.Encode(text.Substring(start, promptChars)).Select(i => (long)i).ToArray();
+        }).ToArray();
+
+        Log(progress, $"everything resident: {requests} requests x {newTokens} greedy tokens, batches of {batchSize}...");
+        var resident = await RunModel(plugins, store, path, predictor, new OffloadOptions { Budget = new(total) }, prompts, newTokens, batchSize, schedule: false, preload: true, ct);
+        var runs = new List<OffloadRun>();
+        foreach (var fraction in Budgets)
+        {
+            foreach (var policy in Policies)
+            {
+                if (!Want($"model:{fraction}:{policy}")) continue;
+                Log(progress, $"budget {fraction:P0}, {policy}...");
+                var options = new OffloadOptions { Budget = new(BudgetExperts(fraction, total)), Policy = PolicyOf(policy) };
+                var r = await RunModel(plugins, store, path, predictor, options, prompts, newTokens, batchSize, policy.EndsWith("scheduling", StringComparison.Ordinal), false, ct);
+                runs.Add(ToRun("reference-model", fraction, policy, r, resident.TokensPerS, resident.Outputs));
+            }
+        }
+
+        // Greedy generation of one request at a 25% budget (predictive, prefetching) against the in-process model, token for token.
+        var greedyPrompt = prompts[0];
+        var quant = new List<object>();
+        bool? identical = null;
+        List<int> offloaded = [];
+        if (Want("model:greedy") || Want("model:quant"))
+        {
+        Log(progress, "greedy check at 25%: offloaded vs in-process...");
+        List<int> reference;
+        using (var session = DecoderSession.InProcess(plugins, path, CliServices.Provider, "lm"))
+        {
+            reference = await Greedy(session.AppendAsync, greedyPrompt, 48, ct);
+        }
+        using (var model = new OffloadedMoeModel(plugins, store, CliServices.Provider,
+            new OffloadOptions { Budget = new(BudgetExperts(0.25, total)), Policy = ExpertCachePolicy.Predictive }, predictor, path))
+        using (var single = new SessionBatcher(model, plugins, path, CliServices.Provider, 1))
+        {
+            offloaded = await Greedy(async (tokens, token) => (await single.StepAsync([(0, tokens)], token))[0], greedyPrompt, 48, ct);
+        }
+        identical = reference.SequenceEqual(offloaded);
+
+        // Quantised stores: bytes and agreement of greedy output with the float32 model.
+        Log(progress, "int8 and int4 stores...");
+        foreach (var bits in Want("model:quant") ? new[] { 8, 4 } : [])
+        {
+            var q = ExpertWeightStore.Write(file, spec, Path.Combine(dir, $"lm-int{bits}"), (_, _) => bits);
+            using var model = new OffloadedMoeModel(plugins, q, CliServices.Provider,
+                new OffloadOptions { Budget = new(BudgetExperts(0.25, total)), Policy = ExpertCachePolicy.Predictive }, predictor, path);
+            using var single = new SessionBatcher(model, plugins, path, CliServices.Provider, 1);
+            var tokens = await Greedy(async (t, token) => (await single.StepAsync([(0, t)], token))[0], greedyPrompt, 48, ct);
+            var same = tokens.Zip(reference).TakeWhile(p => p.First == p.Second).Count();
+            var stats = model.Cache.Stats();
+            quant.Add(new
+            {
+                bits,
+                store_bytes = q.Entries.Sum(e => e.FileBytes),
+                fp32_store_bytes = store.Entries.Sum(e => e.FileBytes),
+                bytes_per_token = (double)stats.BytesRead / (greedyPrompt.Length + tokens.Count),
+                greedy_tokens_matching_fp32 = same,
+                greedy_tokens = tokens.Count,
+            });
+        }
+        }
+
+        var info = new
+        {
+            checkpoint = path, layers = spec.Layers, experts = spec.Experts, top_k = spec.TopK, d_model = spec.DModel, d_ff = spec.DFf,
+            requests, batch = batchSize, prompt_tokens = promptChars, new_tokens = newTokens, predictor_paths = predictor.Observed,
+            resident_tokens_per_s = resident.TokensPerS, resident_distinct_experts_per_batch_layer = resident.Distinct,
+            greedy_continuation = tokenizer.Decode(offloaded),
+        };
+        return new ModelResult(info, quant, identical, expertBytes, nonExpertBytes, runs);
+    }
+
+    private static async Task<List<int>> Greedy(DecoderStepAsync step, long[] prompt, int count, CancellationToken ct)
+    {
+        var result = new List<int>();
+        var logits = await step(prompt, ct);
+        for (var i = 0; i < count; i++)
+        {
+            var next = ArgMax(logits);
+            result.Add(next);
+            if (i + 1 < count) logits = await step([next], ct);
+        }
+        return result;
+    }
+
+    private static int ArgMax(float[] logits)
+    {
+        var best = 0;
+        for (var i = 1; i < logits.Length; i++) if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+
+    private sealed record RunResult(ExpertCacheStats Stats, PredictionStats Prediction, long Tokens, double Seconds, double Distinct, List<int>[] Outputs)
+    {
+        public double TokensPerS => Tokens / Math.Max(Seconds, 1e-9);
+    }
+
+    private static async Task<RunResult> RunModel(PluginCatalog plugins, ExpertWeightStore store, string path, RoutingPathPredictor predictor, OffloadOptions options,
+        long[][] prompts, int newTokens, int batchSize, bool schedule, bool preload, CancellationToken ct)
+    {
+        using var model = new OffloadedMoeModel(plugins, store, CliServices.Provider, options, predictor, path);
+        using var batcher = new SessionBatcher(model, plugins, path, CliServices.Provider, prompts.Length);
+        if (preload) model.Preload();
+        var start = model.Cache.Stats();
+        var outputs = prompts.Select(_ => new List<int>()).ToArray();
+        var logits = new float[prompts.Length][];
+        long tokens = 0;
+        var sw = Stopwatch.StartNew();
+        foreach (var group in TokenScheduler.InOrder(prompts.Length, batchSize))
+        {
+            var answers = await batcher.StepAsync([.. group.Select(r => (r, prompts[r]))], ct);
+            for (var i = 0; i < group.Length; i++) logits[group[i]] = answers[i];
+            tokens += group.Sum(r => prompts[r].Length);
+        }
+        for (var step = 0; step < newTokens; step++)
+        {
+            var next = logits.Select(ArgMax).ToArray();
+            for (var r = 0; r < prompts.Length; r++) outputs[r].Add(next[r]);
+            if (step + 1 == newTokens) break;
+            var groups = schedule
+                ? TokenScheduler.Group([.. next.Select(t => predictor.Path(t).SelectMany(p => p).ToArray())], batchSize)
+                : TokenScheduler.InOrder(prompts.Length, batchSize);
+            foreach (var group in groups)
+            {
+                var answers = await batcher.StepAsync([.. group.Select(r => (r, new long[] { next[r] }))], ct);
+                for (var i = 0; i < group.Length; i++) logits[group[i]] = answers[i];
+                tokens += group.Length;
+            }
+        }
+        var seconds = sw.Elapsed.TotalSeconds;
+        model.Cache.WaitForPrefetches();
+        return new RunResult(Minus(model.Cache.Stats(), start), model.Prediction, tokens, seconds, batcher.DistinctExpertsPerLayerCall, outputs);
+    }
+
+    private static ExpertCacheStats Minus(ExpertCacheStats a, ExpertCacheStats b) => a with
+    {
+        Accesses = a.Accesses - b.Accesses, Hits = a.Hits - b.Hits, DemandLoads = a.DemandLoads - b.DemandLoads, Prefetches = a.Prefetches - b.Prefetches,
+        PrefetchesUsed = a.PrefetchesUsed - b.PrefetchesUsed, Evictions = a.Evictions - b.Evictions, BytesRead = a.BytesRead - b.BytesRead, StallMs = a.StallMs - b.StallMs,
+    };
+
+    private static OffloadRun ToRun(string workload, double fraction, string policy, RunResult r, double residentTokensPerS, List<int>[]? residentOutputs)
+    {
+        var s = r.Stats;
+        var predictive = policy.StartsWith("predictive", StringComparison.Ordinal);
+        return new OffloadRun(workload, fraction, policy, Math.Round(s.HitRatio, 4), Math.Round((double)s.Loads / r.Tokens, 4),
+            Math.Round((double)s.DemandLoads / r.Tokens, 4), Math.Round((double)s.BytesRead / r.Tokens, 1), s.PeakResidentBytes, s.PeakResidentExperts,
+            Math.Round(r.TokensPerS, 1), Math.Round(residentTokensPerS / Math.Max(r.TokensPerS, 1e-9), 3), Math.Round(s.StallMs / r.Tokens, 3),
+            predictive ? Math.Round(r.Prediction.Recall, 4) : null, predictive ? Math.Round(r.Prediction.Precision, 4) : null,
+            Math.Round(r.Distinct, 3), r.Tokens,
+            residentOutputs is null ? null : residentOutputs.Zip(r.Outputs).All(p => p.First.SequenceEqual(p.Second)));
+    }
+
+    // ---------------------------------------------------------------- the Mixtral replay
+
+    private static async Task<(object Info, List<OffloadRun> Runs)> MixtralWorkload(string dir, int requests, int tokensPerRequest, int batchSize, bool progress, CancellationToken ct)
+    {
+        var data = CliPaths.Data ?? throw new FileNotFoundException("The shared data folder was not found: set MOEGRAINS_DATA.");
+        var countsPath = Path.Combine(data, "traces", "mixtral_crosslayer_counts.csv");
+        var domains = new[] { "arxiv", "book", "c4", "github", "wikipedia" };
+        var byDomain = domains.ToDictionary(d => d, d => RoutingTrace.Load(countsPath, new RoutingTraceFilter(Selection: "top2", Domain: d)));
+        var all = RoutingTrace.Load(countsPath, new RoutingTraceFilter(Selection: "top2"));
+        var predictor = RoutingPathPredictor.FromTrace(all, 2);
+        var layers = all.Layers.Count;
+        var experts = all.Experts;
+
+        // Stored experts for the replay: SwiGLU experts of Mixtral's shape scaled down (d_model 256, d_ff 512), one per traced expert.
+        var spec = new ModelSpec("mixtral-replay", layers, experts, 256, 512, 2, "swiglu", "topk");
+        var checkpointPath = Path.Combine(dir, "mixtral-replay.safetensors");
+        Log(progress, $"Mixtral replay: {layers} traced layers ({string.Join(", ", all.Layers)}) x {experts} experts; writing stored experts...");
+        CheckpointCommand.Create(spec, checkpointPath, 11);
+        var store = ExpertWeightStore.Write(SafeTensorsFile.Open(checkpointPath), spec, Path.Combine(dir, "mixtral-store"));
+        var plugins = PluginCatalog.Load(CliPaths.Plugins);
+
+        // Requests, each from one domain; each token's path sampled from that domain's counts (layer 0 by its marginal, then each
+        // next layer given the experts at the previous one).
+        var random = new Random(2026);
+        var paths = new int[requests][][][];
+        for (var r = 0; r < requests; r++)
+        {
+            var trace = byDomain[domains[r % domains.Length]];
+            paths[r] = [.. Enumerable.Range(0, tokensPerRequest).Select(_ => SamplePath(trace, random))];
+        }
+        using var inputs = randn(new long[] { Math.Max(1, batchSize), spec.DModel }, generator: new Generator(5));
+
+        async Task<RunResult> Run(OffloadOptions options, bool schedule, bool preload)
+        {
+            using var model = new OffloadedMoeModel(plugins, store, CliServices.Provider, options, predictor);
+            if (preload) model.Preload();
+            var start = model.Cache.Stats();
+            var profile = new double[requests][];
+            long tokens = 0, distinct = 0, calls = 0;
+            var sw = Stopwatch.StartNew();
+            for (var step = 0; step < tokensPerRequest; step++)
+            {
+                var groups = schedule && step > 0
+                    ? TokenScheduler.Group([.. profile.Select(p => (double[])p.Clone())], batchSize)
+                    : TokenScheduler.InOrder(requests, batchSize);
+                foreach (var group in groups)
+                {
+                    using var hidden = inputs.narrow(0, 0, group.Length);
+                    for (var l = 0; l < layers; l++)
+                    {
+                        var routed = group.SelectMany(r => paths[r][step][l]).ToArray();
+                        var routing = new RoutingResult(group.Length, 2, routed, [.. routed.Select(_ => 0.5f)]);
+                        using var output = await model.ForwardLayerAsync(l, hidden, null, routing, ct);
+                        distinct += output.Calls.Length;
+                        calls++;
+                    }
+                    tokens += group.Length;
+                }
+                // What the scheduler knows of each request: the experts its tokens used so far (decayed).
+                for (var r = 0; r < requests; r++)
+                {
+                    var p = profile[r] ??= new double[layers * experts];
+                    for (var j = 0; j < p.Length; j++) p[j] *= 0.7;
+                    for (var l = 0; l < layers; l++) foreach (var e in paths[r][step][l]) p[l * experts + e] += 0.3;
+                }
+            }
+            var seconds = sw.Elapsed.TotalSeconds;
+            model.Cache.WaitForPrefetches();
+            return new RunResult(Minus(model.Cache.Stats(), start), model.Prediction, tokens, seconds, calls == 0 ? 0 : (double)distinct / calls, []);
+        }
+
+        Log(progress, $"Mixtral replay: everything resident, {requests} requests x {tokensPerRequest} tokens, batches of {batchSize}...");
+        var resident = await Run(new OffloadOptions { Budget = new(store.Count) }, false, true);
+        var runs = new List<OffloadRun>();
+        foreach (var fraction in Budgets)
+        {
+            foreach (var policy in Policies)
+            {
+                if (!Want($"mixtral:{fraction}:{policy}")) continue;
+                Log(progress, $"Mixtral replay: budget {fraction:P0}, {policy}...");
+                var options = new OffloadOptions { Budget = new(BudgetExperts(fraction, store.Count)), Policy = PolicyOf(policy) };
+                var r = await Run(options, policy.EndsWith("scheduling", StringComparison.Ordinal), false);
+                runs.Add(ToRun("mixtral-replay", fraction, policy, r, resident.TokensPerS, null));
+            }
+        }
+        var info = new
+        {
+            source = "traces/mixtral_crosslayer_counts.csv (top2, five domains)", traced_layers = all.Layers, experts, requests,
+            tokens_per_request = tokensPerRequest, batch = batchSize, expert_bytes = store.Entries.First().DeviceBytes,
+            resident_tokens_per_s = resident.TokensPerS, resident_distinct_experts_per_batch_layer = resident.Distinct,
+        };
+        return (info, runs);
+    }
+
+    private static int[][] SamplePath(RoutingTrace trace, Random random)
+    {
+        var n = trace.Experts;
+        var layers = trace.Layers.Count;
+        var path = new int[layers][];
+        var first = trace.Transitions[0];
+        path[0] = Draw(Enumerable.Range(0, n).Select(a => Enumerable.Range(0, n).Sum(b => first.Counts[a * n + b])).ToArray(), 2, random);
+        for (var l = 1; l < layers; l++)
+        {
+            var t = trace.Transitions[l - 1];
+            var w = new double[n];
+            foreach (var a in path[l - 1])
+            {
+                var row = Enumerable.Range(0, n).Sum(b => t.Counts[a * n + b]);
+                for (var b = 0; b < n; b++) w[b] += row > 0 ? t.Counts[a * n + b] / row : 1.0 / n;
+            }
+            path[l] = Draw(w, 2, random);
+        }
+        return path;
+    }
+
+    private static int[] Draw(double[] weights, int k, Random random)
+    {
+        var w = (double[])weights.Clone();
+        var chosen = new int[k];
+        for (var i = 0; i < k; i++)
+        {
+            var x = random.NextDouble() * w.Sum();
+            var pick = 0;
+            for (; pick < w.Length - 1; pick++)
+            {
+                x -= w[pick];
+                if (x < 0) break;
+            }
+            chosen[i] = pick;
+            w[pick] = 0;
+        }
+        return chosen;
+    }
+
+    // ---------------------------------------------------------------- output
+
+    private static void Print(OffloadReport report)
+    {
+        AnsiConsole.Profile.Width = Math.Max(AnsiConsole.Profile.Width, 220);
+        foreach (var workload in report.Runs.Select(r => r.Workload).Distinct())
+        {
+            var table = new Table().Title($"[bold]{workload}[/]");
+            foreach (var c in new[] { "budget", "policy", "hit ratio", "loads/token", "demand loads/token", "bytes/token", "peak device bytes", "peak experts", "tokens/s", "slowdown", "stall ms/token", "recall", "distinct/batch-layer", "same output" })
+            {
+                table.AddColumn(c);
+            }
+            foreach (var r in report.Runs.Where(r => r.Workload == workload))
+            {
+                table.AddRow($"{r.BudgetFraction:P0}", r.Policy, $"{r.HitRatio:F3}", $"{r.LoadsPerToken:F3}", $"{r.DemandLoadsPerToken:F3}", $"{r.BytesPerToken:N0}",
+                    $"{r.PeakDeviceBytes:N0}", $"{r.PeakResidentExperts}", $"{r.TokensPerS:F1}", $"{r.SlowdownVsResident:F2}x", $"{r.StallMsPerToken:F2}",
+                    r.PredictionRecall is { } rc ? $"{rc:F3}" : "-", $"{r.DistinctExpertsPerBatchLayer:F2}", r.IdenticalToResident is { } i ? (i ? "yes" : "no") : "-");
+            }
+            AnsiConsole.Write(table);
+        }
+        AnsiConsole.WriteLine($"all experts: {report.AllExpertsBytes:N0} bytes; non-expert weights: {report.NonExpertBytes:N0} bytes; greedy output at a 25% budget identical to in-process: {report.GreedyIdenticalAt25}");
+        AnsiConsole.WriteLine(JsonSerializer.Serialize(report.Quantisation, BenchCommands.JsonOptions));
+    }
+}

@@ -1,0 +1,132 @@
+using MoeGrains.Checkpoints;
+using MoeGrains.Dispatch;
+using MoeGrains.Generation;
+using MoeGrains.Models;
+using MoeGrains.Plugins;
+using static TorchSharp.torch;
+
+namespace MoeGrains.Offload;
+
+/// <summary>
+/// Decoder sessions of concurrent requests whose mixture-of-experts layers run through one
+/// <see cref="OffloadedMoeModel"/>: the sessions of a step feed their tokens together, and each layer's call waits until
+/// every session of the step has reached it, then runs their rows as one batch (so the batch's experts are loaded once)
+/// and hands each session its rows back. Which sessions step together is the caller's choice: in request order, or as
+/// <see cref="TokenScheduler"/> groups them.
+/// </summary>
+public sealed class SessionBatcher : IDisposable
+{
+    private readonly OffloadedMoeModel _model;
+    private readonly List<DecoderSession> _sessions = [];
+    private readonly Dictionary<int, List<(int Slot, Tensor Hidden, TaskCompletionSource<MoeLayerAnswer> Done)>> _pending = [];
+    private long[][] _tokens = [];
+    private int _expected;
+    private long _layerCalls, _distinct;
+
+    public SessionBatcher(OffloadedMoeModel model, PluginCatalog plugins, string checkpointPath, IServiceProvider services, int sessions)
+    {
+        _model = model;
+        var file = SafeTensorsFile.Open(checkpointPath);
+        var spec = ModelSpec.FromCheckpoint(model.Spec.Name, file);
+        try
+        {
+            for (var i = 0; i < sessions; i++)
+            {
+                var slot = i;
+                _sessions.Add(DecoderSession.Create(plugins, spec, file, CPU, services, (layer, hidden, ct) => Arrive(slot, layer, hidden, ct)));
+            }
+        }
+        catch
+        {
+            Dispose();
+            throw;
+        }
+        _tokens = new long[sessions][];
+    }
+
+    public IReadOnlyList<DecoderSession> Sessions => _sessions;
+
+    /// <summary>Mean distinct experts per layer call so far (what token scheduling lowers).</summary>
+    public double DistinctExpertsPerLayerCall => _layerCalls == 0 ? 0 : (double)_distinct / _layerCalls;
+
+    /// <summary>Feeds each listed session its tokens in one step; returns each one's next-token logits.</summary>
+    public async Task<float[][]> StepAsync(IReadOnlyList<(int Slot, long[] Tokens)> members, CancellationToken cancellationToken = default)
+    {
+        lock (_pending)
+        {
+            if (_pending.Count > 0)
+            {
+                throw new InvalidOperationException("A step is already running.");
+            }
+        }
+        _expected = members.Count;
+        foreach (var (slot, tokens) in members)
+        {
+            _tokens[slot] = tokens;
+        }
+        var steps = members.Select(m => _sessions[m.Slot].AppendAsync(m.Tokens, cancellationToken)).ToArray();
+        return await Task.WhenAll(steps);
+    }
+
+    private Task<MoeLayerAnswer> Arrive(int slot, int layer, Tensor hidden, CancellationToken cancellationToken)
+    {
+        // Sessions resume on the thread pool, not nested in this call: each keeps its own stack.
+        var done = new TaskCompletionSource<MoeLayerAnswer>(TaskCreationOptions.RunContinuationsAsynchronously);
+        List<(int Slot, Tensor Hidden, TaskCompletionSource<MoeLayerAnswer> Done)>? ready = null;
+        lock (_pending)
+        {
+            if (!_pending.TryGetValue(layer, out var list))
+            {
+                _pending[layer] = list = [];
+            }
+            list.Add((slot, hidden, done));
+            if (list.Count == _expected)
+            {
+                _pending.Remove(layer);
+                ready = [.. list.OrderBy(p => p.Slot)];
+            }
+        }
+        if (ready is not null)
+        {
+            _ = RunLayer(layer, ready, cancellationToken);
+        }
+        return done.Task;
+    }
+
+    private async Task RunLayer(int layer, List<(int Slot, Tensor Hidden, TaskCompletionSource<MoeLayerAnswer> Done)> members, CancellationToken cancellationToken)
+    {
+        try
+        {
+            using var all = cat(members.Select(m => m.Hidden).ToArray(), 0);
+            var ids = members.SelectMany(m => _tokens[m.Slot]).ToArray();
+            using var output = await _model.ForwardLayerAsync(layer, all, ids, cancellationToken: cancellationToken);
+            _layerCalls++;
+            _distinct += output.Calls.Length;
+            var answers = new List<(TaskCompletionSource<MoeLayerAnswer>, MoeLayerAnswer)>();
+            long offset = 0;
+            foreach (var m in members)
+            {
+                var rows = m.Hidden.shape[0];
+                answers.Add((m.Done, new MoeLayerAnswer(output.Output.narrow(0, offset, rows).clone(), (int)(rows * _model.Spec.TopK))));
+                offset += rows;
+            }
+            foreach (var (done, answer) in answers)
+            {
+                done.SetResult(answer);
+            }
+        }
+        catch (Exception e)
+        {
+            foreach (var m in members)
+            {
+                m.Done.TrySetException(e);
+            }
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var s in _sessions) s.Dispose();
+        _sessions.Clear();
+    }
+}
