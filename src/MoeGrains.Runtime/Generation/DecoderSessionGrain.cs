@@ -3,6 +3,7 @@ using MoeGrains.Contracts;
 using MoeGrains.Devices;
 using MoeGrains.Hosting;
 using MoeGrains.Models;
+using MoeGrains.Placement;
 using MoeGrains.Plugins;
 using Orleans.Placement;
 
@@ -55,7 +56,10 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         return lane.RunAsync(() => DecoderSession.Create(plugins, spec, file, device.Device, services, async (layer, hidden, ct) =>
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(hidden, TensorDType.Float32, wire.Value.MaxTensorBytes), ct);
-            var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer)).Forward(new MoeLayerRequest(payload) { Router = router }, ct);
+            var start = _session?.Position ?? 0;
+            var ids = Enumerable.Range(0, (int)hidden.shape[0]).Select(i => RoutingTraces.TokenId(key, start + i)).ToArray();
+            var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer))
+                .Forward(new MoeLayerRequest(payload) { Router = router, TokenIds = ids }, ct);
             return new MoeLayerAnswer(await lane.RunAsync(() => result.Output.ToTensor(device.Device), ct), result.Calls.Sum(c => c.Tokens));
         }, lane), cancellationToken);
     }

@@ -55,6 +55,8 @@ public static class MoeGrainsSiloBuilderExtensions
             return catalog;
         });
         builder.AddPlacementDirector<ExpertPlacementStrategy, ExpertPlacementDirector>();
+        builder.AddPlacementDirector<SiloTargetPlacementStrategy, SiloTargetPlacementDirector>();
+        builder.AddExpertPlacementPlans(); // the plan store live plan changes go to (empty: default placement)
 
         // Advertise the device now: silo metadata is fixed when the silo starts.
         var eager = new MoeGrainsOptions();
