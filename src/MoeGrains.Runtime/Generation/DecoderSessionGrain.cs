@@ -19,6 +19,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
 {
     private DecoderSession? _session;
     private string? _router;
+    private long _messages, _bytes;
 
     public async Task<DecoderStep> Append(long[] tokens, string? router, CancellationToken cancellationToken)
     {
@@ -38,7 +39,12 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             throw new GenerationRequestException($"The prompt has {tokens.Length} tokens; the model's context holds {session.ContextLength}.");
         }
         var logits = await session.AppendAsync(tokens, cancellationToken);
-        return new DecoderStep(logits, session.Position, RuntimeIdentity) { ExpertSlots = [.. session.ExpertSlots] };
+        return new DecoderStep(logits, session.Position, RuntimeIdentity)
+        {
+            ExpertSlots = [.. session.ExpertSlots],
+            CrossSiloMessages = _messages,
+            CrossSiloBytes = _bytes,
+        };
     }
 
     private Task<DecoderSession> Start(string? router, CancellationToken cancellationToken)
@@ -60,6 +66,8 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             var ids = Enumerable.Range(0, (int)hidden.shape[0]).Select(i => RoutingTraces.TokenId(key, start + i)).ToArray();
             var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer))
                 .Forward(new MoeLayerRequest(payload) { Router = router, TokenIds = ids }, ct);
+            _messages += 2L * result.Calls.Count(c => c.Silo != result.Silo);
+            _bytes += result.CrossSiloBytes;
             return new MoeLayerAnswer(await lane.RunAsync(() => result.Output.ToTensor(device.Device), ct), result.Calls.Sum(c => c.Tokens));
         }, lane), cancellationToken);
     }

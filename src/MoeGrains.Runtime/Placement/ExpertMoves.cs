@@ -32,7 +32,10 @@ public interface IPlacementAgentGrain : IGrainWithStringKey
     Task<bool> Remove(string model);
 }
 
-/// <summary>Places a grain on the silo its key names (<see cref="SiloAddress.ToParsableString"/>).</summary>
+/// <summary>
+/// Places a grain on the silo its key names: the key is the silo's address (<see cref="SiloAddress.ToParsableString"/> or
+/// its <c>ToString</c>, the grains' <c>RuntimeIdentity</c>), optionally followed by <c>|</c> and anything else.
+/// </summary>
 public sealed class SiloTargetPlacementStrategy : PlacementStrategy
 {
     internal static readonly SiloTargetPlacementStrategy Instance = new();
@@ -46,19 +49,10 @@ internal sealed class SiloTargetPlacementDirector : IPlacementDirector
     public Task<SiloAddress> OnAddActivation(PlacementStrategy strategy, PlacementTarget target, IPlacementContext context)
     {
         var key = target.GrainIdentity.Key.ToString() ?? "";
-        SiloAddress silo;
-        try
-        {
-            silo = SiloAddress.FromParsableString(key);
-        }
-        catch (Exception e) when (e is FormatException or ArgumentException or IndexOutOfRangeException)
-        {
-            throw new UnknownExpertException($"'{key}' is not a silo address.");
-        }
-        if (!context.GetCompatibleSilos(target).Contains(silo))
-        {
-            throw new UnknownExpertException($"Silo {key} is not an active member of the cluster.");
-        }
+        var bar = key.IndexOf('|');
+        var name = bar < 0 ? key : key[..bar];
+        var silo = context.GetCompatibleSilos(target).FirstOrDefault(s => s.ToParsableString() == name || s.ToString() == name)
+            ?? throw new UnknownExpertException($"'{name}' is not an active silo of the cluster.");
         return Task.FromResult(silo);
     }
 }
