@@ -69,7 +69,7 @@ internal static class PlacementBenchCommand
             {
                 var report = await Run(parse.GetValue(checkpoint)!, parse.GetValue(data), parse.GetValue(silos)!, Math.Max(1, parse.GetValue(traceSessions)),
                     Math.Max(1, parse.GetValue(sessions)), Math.Max(2, parse.GetValue(promptTokens)), Math.Max(1, parse.GetValue(tokens)), parse.GetValue(rate),
-                    parse.GetValue(timeLimit), parse.GetValue(threads), !parse.GetValue(json), ct);
+                    parse.GetValue(timeLimit), parse.GetValue(threads), true, ct); // progress on stderr
                 if (parse.GetValue(json))
                 {
                     Console.WriteLine(JsonSerializer.Serialize(report, BenchCommands.JsonOptions));

@@ -27,4 +27,24 @@ public sealed class CoherentDispatchTraceTests
         Assert.Null(problem.Violation(plan));
         Assert.Equal(4 / 10.0, problem.CrossFraction(plan), 9);
     }
+
+    [Fact]
+    public void The_solver_finds_the_brute_force_optimum_of_a_trace_with_edges_inside_layers()
+    {
+        var random = new Random(5);
+        var routes = Enumerable.Range(0, 60).Select(t =>
+        {
+            int[] Pick() { var a = random.Next(4); var b = (a + 1 + random.Next(3)) % 4; return [a, b]; }
+            return new TokenRoute(t, [new LayerRoute(0, Pick(), [0.6f, 0.4f]), new LayerRoute(1, Pick(), [0.6f, 0.4f])]);
+        }).ToArray();
+        var problem = new PlacementProblem(CoherentDispatchTrace.FromTokenRoutes(routes, 4), 2);
+        var layerPlans = Enumerable.Range(0, 16).Select(m => Enumerable.Range(0, 4).Select(e => (m >> e) & 1).ToArray()).Where(a => a.Sum() == 2).ToArray();
+        var best = layerPlans.SelectMany(a => layerPlans.Select(b => problem.CrossFraction(new PlacementPlan([0, 1], 4, 2, [.. a, .. b])))).Min();
+        foreach (var exact in new[] { 50_000, 0 }) // CP-SAT, and the local search alone
+        {
+            var solution = AffinityPlacementSolver.Solve(problem, new AffinityPlacementOptions { TimeLimitSeconds = 5, MaxExactVariables = exact });
+            Assert.Null(problem.Violation(solution.Plan));
+            Assert.Equal(best, solution.CrossFraction, 9);
+        }
+    }
 }
