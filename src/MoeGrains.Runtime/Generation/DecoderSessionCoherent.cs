@@ -89,6 +89,12 @@ public sealed class ExpertLocations
     }
 
     public void Seen(string model, int layer, int expert, string silo) => _silos[ExpertKey.Expert(model, layer, expert)] = silo;
+
+    /// <summary>Forgets a model's experts (a new plan moves them): they are asked again on next use.</summary>
+    public void Forget(string model)
+    {
+        foreach (var key in _silos.Keys.Where(k => k.StartsWith(model + "/", StringComparison.Ordinal)).ToArray()) _silos.TryRemove(key, out _);
+    }
 }
 
 /// <summary>One silo's replica of a coherent session: its backbone, KV positions per block, and the block step.</summary>

@@ -68,6 +68,7 @@ internal sealed class PlacementAgentGrain(IServiceProvider services) : Grain, IP
         ArgumentNullException.ThrowIfNull(plan);
         var plans = Plans;
         plans.Apply(model, plan.ToPlan());
+        services.GetService<Generation.ExpertLocations>()?.Forget(model); // coherent sessions ask again where experts are
         return Task.FromResult(plans.Version);
     }
 
