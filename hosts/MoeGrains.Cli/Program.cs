@@ -18,4 +18,5 @@ var root = new RootCommand("moe: run mixture-of-experts models on a Microsoft Or
     DiffusionCommands.Create(),
 };
 RoutingEvalCommand.Register(root);
+PlacementBenchCommand.Register(root);
 return await root.Parse(args).InvokeAsync();

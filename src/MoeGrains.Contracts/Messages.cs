@@ -43,6 +43,12 @@ public sealed record MoeLayerRequest(
 
     /// <summary>Experts masked out before routing (indices in the layer), or null.</summary>
     [Id(4)] public int[]? MaskedExperts { get; init; }
+
+    /// <summary>
+    /// Cluster-unique ids of the rows' tokens (one per row), or null: the layer records the sampled tokens' routes
+    /// (routing traces) when given.
+    /// </summary>
+    [Id(5)] public long[]? TokenIds { get; init; }
 }
 
 /// <summary>A layer's output and what it cost: per-expert placement and timings, messages and bytes between silos.</summary>

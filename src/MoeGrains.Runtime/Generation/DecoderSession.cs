@@ -61,6 +61,9 @@ public sealed class DecoderSession : IDisposable
 
     private readonly List<int> _tokenExperts = [];
 
+    /// <summary>Called with each block's input (on the lane, before its attention) in <see cref="AppendAsync"/>: a dispatcher's context log.</summary>
+    public Action<int, Tensor>? LayerInputs { get; set; }
+
     /// <summary>Creates the backbone stages from the checkpoint (synchronous: call it on the device lane).</summary>
     public static DecoderSession Create(PluginCatalog plugins, ModelSpec spec, SafeTensorsFile checkpoint, Device device, IServiceProvider services,
         MoeLayerCallAsync moe, IComputeLane? lane = null, IDisposable? owned = null)
@@ -178,15 +181,11 @@ public sealed class DecoderSession : IDisposable
         }
     }
 
-    /// <summary>Feeds <paramref name="tokens"/> after those already fed; returns the next-token logits after the last one.</summary>
-    public async Task<float[]> AppendAsync(long[] tokens, CancellationToken cancellationToken = default) =>
-        (await ForwardAsync(tokens, allPositions: false, cancellationToken))[0];
+    // The steps of a forward pass, for dispatchers that run the backbone on several silos (context-coherent dispatch).
+    // Synchronous: call them on the device lane. ForwardAsync is made of the same steps.
 
-    /// <summary>Feeds <paramref name="tokens"/>; returns the next-token logits after each of them (for evaluation).</summary>
-    public Task<float[][]> AppendAllAsync(long[] tokens, CancellationToken cancellationToken = default) =>
-        ForwardAsync(tokens, allPositions: true, cancellationToken);
-
-    private async Task<float[][]> ForwardAsync(long[] tokens, bool allPositions, CancellationToken cancellationToken)
+    /// <summary>Checks token ids and embeds them: <c>[tokens, d_model]</c>.</summary>
+    public Tensor Embed(long[] tokens)
     {
         ArgumentNullException.ThrowIfNull(tokens);
         if (tokens.Length == 0)
@@ -197,11 +196,47 @@ public sealed class DecoderSession : IDisposable
         {
             throw new GenerationRequestException($"Token ids must be in 0..{VocabSize - 1}.");
         }
-        var x = await _lane.RunAsync(() =>
+        using var ids = tensor(tokens);
+        return _embed.Forward(ids);
+    }
+
+    /// <summary>Block <paramref name="layer"/>'s attention (appending to its KV cache) and its norm: the residual stream and the MoE input.</summary>
+    public (Tensor Hidden, Tensor Normed) Attend(int layer, Tensor x)
+    {
+        var h = _attention[layer].Forward(x);
+        return (h, _norms[layer].Forward(h));
+    }
+
+    /// <summary>The output head: next-token logits after the last row, or after each row.</summary>
+    public float[][] Head(Tensor x, bool allPositions)
+    {
+        using var scope = NewDisposeScope();
+        var rows = allPositions ? x : x.narrow(0, x.shape[0] - 1, 1);
+        var flat = _head.Forward(rows).to_type(ScalarType.Float32).cpu().data<float>().ToArray();
+        return flat.Chunk(VocabSize).ToArray();
+    }
+
+    /// <summary>Counts tokens fed by a dispatcher that drives the steps itself.</summary>
+    public void Advance(int tokens, long[]? expertSlots = null)
+    {
+        Position += tokens;
+        if (expertSlots is not null)
         {
-            using var ids = tensor(tokens);
-            return _embed.Forward(ids);
-        }, cancellationToken);
+            for (var l = 0; l < ExpertSlots.Length; l++) ExpertSlots[l] += expertSlots[l];
+        }
+    }
+
+    /// <summary>Feeds <paramref name="tokens"/> after those already fed; returns the next-token logits after the last one.</summary>
+    public async Task<float[]> AppendAsync(long[] tokens, CancellationToken cancellationToken = default) =>
+        (await ForwardAsync(tokens, allPositions: false, cancellationToken))[0];
+
+    /// <summary>Feeds <paramref name="tokens"/>; returns the next-token logits after each of them (for evaluation).</summary>
+    public Task<float[][]> AppendAllAsync(long[] tokens, CancellationToken cancellationToken = default) =>
+        ForwardAsync(tokens, allPositions: true, cancellationToken);
+
+    private async Task<float[][]> ForwardAsync(long[] tokens, bool allPositions, CancellationToken cancellationToken)
+    {
+        var x = await _lane.RunAsync(() => Embed(tokens), cancellationToken);
         var tokenExperts = new int[tokens.Length];
         var perToken = true;
         try
@@ -209,10 +244,13 @@ public sealed class DecoderSession : IDisposable
             for (var layer = 0; layer < _attention.Length; layer++)
             {
                 var input = x;
-                var h = await _lane.RunAsync(() => _attention[layer].Forward(input), cancellationToken);
+                var (h, normed) = await _lane.RunAsync(() =>
+                {
+                    LayerInputs?.Invoke(layer, input);
+                    return Attend(layer, input);
+                }, cancellationToken);
                 x.Dispose();
                 x = h;
-                var normed = await _lane.RunAsync(() => _norms[layer].Forward(h), cancellationToken);
                 Tensor moe;
                 try
                 {
@@ -239,13 +277,7 @@ public sealed class DecoderSession : IDisposable
                 h.Dispose();
             }
             var last = x;
-            var logits = await _lane.RunAsync(() =>
-            {
-                using var scope = NewDisposeScope();
-                var rows = allPositions ? last : last.narrow(0, last.shape[0] - 1, 1);
-                var flat = _head.Forward(rows).to_type(ScalarType.Float32).cpu().data<float>().ToArray();
-                return flat.Chunk(VocabSize).ToArray();
-            }, cancellationToken);
+            var logits = await _lane.RunAsync(() => Head(last, allPositions), cancellationToken);
             Position += tokens.Length;
             if (perToken) _tokenExperts.AddRange(tokenExperts);
             return logits;

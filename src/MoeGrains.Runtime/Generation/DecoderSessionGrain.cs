@@ -3,6 +3,7 @@ using MoeGrains.Contracts;
 using MoeGrains.Devices;
 using MoeGrains.Hosting;
 using MoeGrains.Models;
+using MoeGrains.Placement;
 using MoeGrains.Plugins;
 using Microsoft.Extensions.Logging;
 using Orleans.Placement;
@@ -26,6 +27,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
     private readonly List<GenerationEvent> _published = []; // every event of the generation, for Replay
 
     private static readonly TimeSpan GenerationKeepAlive = TimeSpan.FromMinutes(10);
+    private long _messages, _bytes;
 
     public async Task<DecoderStep> Append(long[] tokens, string? router, CancellationToken cancellationToken)
     {
@@ -49,7 +51,12 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             throw new GenerationRequestException($"The prompt has {tokens.Length} tokens; the model's context holds {session.ContextLength}.");
         }
         var logits = await session.AppendAsync(tokens, cancellationToken);
-        return new DecoderStep(logits, session.Position, RuntimeIdentity) { ExpertSlots = [.. session.ExpertSlots] };
+        return new DecoderStep(logits, session.Position, RuntimeIdentity)
+        {
+            ExpertSlots = [.. session.ExpertSlots],
+            CrossSiloMessages = _messages,
+            CrossSiloBytes = _bytes,
+        };
     }
 
     public async Task<GenerationStarted> Generate(int[] prompt, GenerationOptions generation, string? router, CancellationToken cancellationToken)
@@ -138,7 +145,12 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         return lane.RunAsync(() => DecoderSession.Create(plugins, spec, file, device.Device, services, async (layer, hidden, ct) =>
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(hidden, TensorDType.Float32, wire.Value.MaxTensorBytes), ct);
-            var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer)).Forward(new MoeLayerRequest(payload) { Router = router }, ct);
+            var start = _session?.Position ?? 0;
+            var ids = Enumerable.Range(0, (int)hidden.shape[0]).Select(i => RoutingTraces.TokenId(key, start + i)).ToArray();
+            var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer))
+                .Forward(new MoeLayerRequest(payload) { Router = router, TokenIds = ids }, ct);
+            _messages += 2L * result.Calls.Count(c => c.Silo != result.Silo);
+            _bytes += result.CrossSiloBytes;
             return new MoeLayerAnswer(await lane.RunAsync(() => result.Output.ToTensor(device.Device), ct), result.Calls.Sum(c => c.Tokens));
         }, lane), cancellationToken);
     }

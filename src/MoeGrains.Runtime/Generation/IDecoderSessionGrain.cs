@@ -48,4 +48,10 @@ public sealed record DecoderStep(
 {
     /// <summary>(token, expert) pairs computed in the session so far, per layer.</summary>
     [Id(3)] public long[] ExpertSlots { get; init; } = [];
+
+    /// <summary>Messages between silos for this session so far (a call and its answer count two; a one-way hop one).</summary>
+    [Id(20)] public long CrossSiloMessages { get; init; }
+
+    /// <summary>Tensor bytes sent between silos for this session so far.</summary>
+    [Id(21)] public long CrossSiloBytes { get; init; }
 }

@@ -5,6 +5,7 @@ using MoeGrains.Diagnostics;
 using MoeGrains.Dispatch;
 using MoeGrains.Hosting;
 using MoeGrains.Models;
+using MoeGrains.Placement;
 using MoeGrains.Reliability;
 using Orleans.Concurrency;
 
@@ -22,7 +23,7 @@ namespace MoeGrains.Grains;
 [Reentrant]
 internal sealed class MoeLayerGrain(
     ModelCatalog models, SiloDevice device, ExpertCircuitBreakers breakers, IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire,
-    LayerRequestCoalescer coalescer)
+    LayerRequestCoalescer coalescer, RoutingTraceSink? traces = null)
     : Grain, IMoeLayerGrain
 {
     public Task<MoeLayerResult> Forward(MoeLayerRequest request, CancellationToken cancellationToken)
@@ -49,6 +50,10 @@ internal sealed class MoeLayerGrain(
         {
             throw new TensorValidationException($"k_min must be between 1 and {spec.Experts}, got {request.KMin}.");
         }
+        if (request.TokenIds is { } ids && ids.Length != hidden.Shape[0])
+        {
+            throw new TensorValidationException($"{ids.Length} token ids for {hidden.Shape[0]} rows of hidden states.");
+        }
         var blocked = breakers.Blocked(model, layer, spec.Experts);
         var masked = (request.MaskedExperts ?? []).Concat(blocked).ToArray();
         DeviceLane.CurrentTicket(); // oldest request first on every device this request reaches
@@ -70,6 +75,11 @@ internal sealed class MoeLayerGrain(
         }
         var routing = await GrainFactory.GetGrain<IRouterGrain>(this.GetPrimaryKeyString())
             .Route(hidden, masked.Length == 0 ? null : [.. available.AsList()], request.Router);
+        if (traces is not null && request.TokenIds is { } tokenIds && traces.Record(model, layer, tokenIds, routing) is { } sampled)
+        {
+            await this.GetStreamProvider(traces.Options.StreamProvider)
+                .GetStream<RoutingSampleBatch>(StreamId.Create(RoutingTraces.StreamNamespace, model)).OnNextAsync(sampled);
+        }
         var wireType = hidden.DType == TensorDType.Int8 ? wire.Value.HiddenDType : hidden.DType;
         var timeout = TimeSpan.FromMilliseconds(request.ExpertTimeoutMs > 0 ? request.ExpertTimeoutMs : options.Value.ExpertTimeoutMs);
         var here = RuntimeIdentity;
@@ -79,7 +89,7 @@ internal sealed class MoeLayerGrain(
             result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, batch, ct) =>
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(batch, wireType, wire.Value.MaxTensorBytes), ct);
-            var answer = await GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, e)).Forward(payload, ct);
+            var answer = await ExpertMoves.CallAsync(GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, e)), payload, ct);
             var remote = answer.Silo != here;
             var bytes = remote ? payload.WireBytes + answer.Output.WireBytes : 0;
             MoeGrainsMetrics.ExpertCalls.Add(1, new KeyValuePair<string, object?>("remote", remote));

@@ -59,6 +59,10 @@ public static class MoeGrainsSiloBuilderExtensions
         builder.AddPlacementDirector<ExpertPlacementStrategy, ExpertPlacementDirector>();
         Retrieval.Serving.RetrievalSiloBuilderExtensions.AddMoeGrainsRetrieval(builder);
         AddGenerationStreams(builder);
+        builder.AddPlacementDirector<SiloTargetPlacementStrategy, SiloTargetPlacementDirector>();
+        builder.AddExpertPlacementPlans(); // the plan store live plan changes go to (empty: default placement)
+        builder.Services.TryAddSingleton<Generation.ExpertLocations>();
+        builder.Services.TryAddSingleton<Generation.CoherentReplicaFactory>();
 
         // Advertise the device now: silo metadata is fixed when the silo starts.
         var eager = new MoeGrainsOptions();

@@ -163,6 +163,16 @@ internal static class AffinityLocalSearch
             Assignment[n] = to;
         }
 
+        private double Joined(int a, int b)
+        {
+            var w = 0.0;
+            foreach (var (n, weight) in _p.Neighbours[a])
+            {
+                if (n == b) w += weight;
+            }
+            return w;
+        }
+
         /// <summary>First-improvement descent over moves (where balance allows) and swaps within a layer.</summary>
         public void Descend()
         {
@@ -193,8 +203,10 @@ internal static class AffinityLocalSearch
                             var n2 = i * experts + e2;
                             var (c1, c2) = (Assignment[n1], Assignment[n2]);
                             if (c1 == c2) continue;
-                            // n1 and n2 share a layer, so no edge joins them: the two moves price independently.
-                            var gain = MoveGain(n1, c2) + MoveGain(n2, c1);
+                            // The two moves price independently, except for an edge joining n1 and n2 (a trace with
+                            // edges inside a layer, CoherentDispatchTrace): it crosses before and after the swap, while
+                            // each move alone would have counted it as closed.
+                            var gain = MoveGain(n1, c2) + MoveGain(n2, c1) + 2 * Joined(n1, n2);
                             var shift = Bytes(n2) - Bytes(n1);
                             if (gain < -Epsilon && Fits(c1, shift) && Fits(c2, -shift))
                             {

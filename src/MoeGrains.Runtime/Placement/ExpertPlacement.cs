@@ -18,7 +18,8 @@ public sealed class ExpertPlacementAttribute() : PlacementAttribute(ExpertPlacem
 /// <summary>
 /// Chooses a silo for an expert: silos sorted by address (so every silo computes the same answer), GPU silos first
 /// when any are present, then the silo the current plan names (<see cref="IExpertPlacementPlans"/>, when one is
-/// registered and covers the expert), else expert <c>e</c> of layer <c>l</c> goes to silo <c>(e + l) mod n</c>. Keys that
+/// registered and covers the expert), else <see cref="DefaultExpertPlacement"/> (spread in proportion to the silos'
+/// memory budgets; <c>(e + l) mod n</c> when they are equal). Keys that
 /// are not expert keys, and keys naming a model, layer or expert that does not exist, are refused before any activation.
 /// </summary>
 internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.SiloMetadata.ISiloMetadataCache metadata, Models.ModelCatalog models,
@@ -36,8 +37,16 @@ internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.
         var (model, layer, expert) = ExpertKey.ParseExpert(target.GrainIdentity.Key.ToString() ?? "");
         models.Check(model, layer, expert);
         var planned = plans?.SiloIndex(model, layer, expert, silos.Length);
-        return Task.FromResult(silos[planned is int i && i >= 0 && i < silos.Length ? i : (expert + layer) % silos.Length]);
+        if (planned is int i && i >= 0 && i < silos.Length)
+        {
+            return Task.FromResult(silos[i]);
+        }
+        var experts = models.Get(model).Experts;
+        return Task.FromResult(silos[DefaultExpertPlacement.SiloIndex(layer, expert, experts, silos.Select(Budget).ToArray())]);
     }
+
+    private long Budget(SiloAddress silo) =>
+        metadata.GetSiloMetadata(silo).Metadata.TryGetValue(Devices.SiloDevice.MemoryKey, out var text) && long.TryParse(text, out var bytes) ? bytes : 0;
 
     private bool IsGpu(SiloAddress silo)
     {
