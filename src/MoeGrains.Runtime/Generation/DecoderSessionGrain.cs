@@ -127,8 +127,18 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         }
     }
 
-    public Task<GenerationEvent[]> Replay(long fromSequence) =>
-        Task.FromResult(fromSequence < 0 ? [] : _published.Skip((int)Math.Min(fromSequence, int.MaxValue)).ToArray());
+    public Task<GenerationEvent[]> Replay(long fromSequence)
+    {
+        // A consumer only asks after Generate succeeded on this grain. An activation that never generated is a new one:
+        // the silo that held the session (its KV cache and its events) was lost. Say so, rather than answer "nothing yet"
+        // forever to a consumer that would then wait forever.
+        if (_generation is null && _published.Count == 0)
+        {
+            throw new SessionLostException(
+                $"Session '{this.GetPrimaryKeyString()}' lost its state (its silo was lost, or it was closed) after the consumer had seen {fromSequence} events; start a new session.");
+        }
+        return Task.FromResult(fromSequence < 0 ? [] : _published.Skip((int)Math.Min(fromSequence, int.MaxValue)).ToArray());
+    }
 
     private Task<DecoderSession> Start(string? router, CancellationToken cancellationToken)
     {

@@ -54,3 +54,19 @@ public sealed class GenerationRequestException : MoeGrainsException
     /// <summary>The request field that was wrong, in the HTTP API's names (<c>prompt</c>, <c>max_tokens</c>, ...), when one is.</summary>
     [Id(0)] public string? Field { get; init; }
 }
+
+/// <summary>
+/// A generation session's state is gone: the silo that held its grain (with its KV cache and the record of the tokens
+/// it made) was lost, and the grain that answers now is a fresh activation. Start a new session.
+/// </summary>
+[GenerateSerializer, Alias("moegrains.SessionLostException")]
+public sealed class SessionLostException : MoeGrainsException
+{
+    public SessionLostException()
+    {
+    }
+
+    public SessionLostException(string message) : base(message)
+    {
+    }
+}
