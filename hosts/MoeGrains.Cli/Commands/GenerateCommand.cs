@@ -145,7 +145,8 @@ internal static class GenerateCommand
                 grains.Add(grain);
                 DecoderStep? last = null;
                 expertsPerToken ??= () => last is null ? [] : [.. last.ExpertSlots.Select(e => (double)e / Math.Max(1, last.Position))];
-                return async (tokens, token) => (last = await grain.Append(tokens, routerName, token)).Logits;
+                var append = RemoteSession.Appender(grain, routerName);
+                return async (tokens, token) => (last = await append(tokens, token)).Logits;
             }
             if (gateway > 0)
             {

@@ -129,7 +129,8 @@ internal static class RoutingEvalCommand
             }
             var grain = cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key(m.Key, Guid.NewGuid().ToString("N")));
             opened.Add(new Disposer(async () => await grain.Close()));
-            return async (t, token) => (await grain.Append(t, router, token)).Logits;
+            var append = RemoteSession.Appender(grain, router);
+            return async (t, token) => (await append(t, token)).Logits;
         }
 
         // Warm up first (grain activations, expert weights loaded), so that the first policy's speed is not the cold start.

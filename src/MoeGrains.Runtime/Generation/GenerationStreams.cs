@@ -167,3 +167,30 @@ public static class GenerationStreams
         }
     }
 }
+
+/// <summary>Feeding a remote session step by step, with the check that its state survived between the steps.</summary>
+public static class RemoteSession
+{
+    /// <summary>
+    /// A step function over <paramref name="grain"/>'s <c>Append</c> that tracks the position the session must be at: a
+    /// session whose silo was lost answers from a fresh activation at position 0, which would silently drop the context,
+    /// so a position other than the expected one is a <see cref="SessionLostException"/>.
+    /// </summary>
+    public static Func<long[], CancellationToken, Task<DecoderStep>> Appender(IDecoderSessionGrain grain, string? router)
+    {
+        ArgumentNullException.ThrowIfNull(grain);
+        long position = 0;
+        return async (tokens, cancellationToken) =>
+        {
+            var step = await grain.Append(tokens, router, cancellationToken).ConfigureAwait(false);
+            var expected = position + tokens.Length;
+            if (step.Position != expected)
+            {
+                throw new SessionLostException(
+                    $"Session '{grain.GetPrimaryKeyString()}' is at position {step.Position} after a step that should have left it at {expected}: its state was lost (its silo was lost, or it was closed); start a new session.");
+            }
+            position = expected;
+            return step;
+        };
+    }
+}

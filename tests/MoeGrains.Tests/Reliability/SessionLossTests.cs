@@ -43,4 +43,23 @@ public sealed class SessionLossTests
         Assert.Contains(key, e.Message, StringComparison.Ordinal);
         Assert.True(sw.Elapsed < TimeSpan.FromSeconds(10), $"the loss took {sw.Elapsed.TotalSeconds:F1} s to surface");
     }
+
+    [Fact]
+    public async Task A_step_on_a_session_that_lost_its_state_is_refused_instead_of_silently_starting_over()
+    {
+        using var dir = TestPaths.Temp();
+        var checkpoint = TinyLanguageModel.Write(dir.Path, seed: 9, experts: 4);
+        await using var cluster = await LocalCluster.StartAsync(1, (_, silo) => silo
+            .AddMoeGrains(o => { o.Device = "cpu"; o.Models["lm"] = checkpoint; })
+            .AddExpertPlugins(TestPaths.Plugins));
+        var prompt = TextTokenizers.FromMetadata(SafeTensorsFile.Open(checkpoint).Metadata).Encode("the lazy dog").Select(t => (long)t).ToArray();
+        var grain = cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
+        var append = RemoteSession.Appender(grain, null);
+        var first = await append(prompt, CancellationToken.None);
+        Assert.Equal(prompt.Length, first.Position);
+        // The state goes (as when its silo is lost): the next step reaches a fresh session at position 0.
+        await grain.Close();
+        var e = await Assert.ThrowsAsync<SessionLostException>(() => append(prompt[..1], CancellationToken.None));
+        Assert.Contains("should have left it at", e.Message, StringComparison.Ordinal);
+    }
 }
