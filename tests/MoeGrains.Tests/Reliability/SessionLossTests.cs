@@ -15,15 +15,22 @@ namespace MoeGrains.Tests.Reliability;
 /// </summary>
 public sealed class SessionLossTests
 {
+    /// <summary>A tiny language model served as <c>lm</c> by <paramref name="silos"/> silos, and a prompt for it.</summary>
+    private static async Task<(LocalCluster Cluster, int[] Prompt)> Serve(TempFolder dir, int silos)
+    {
+        var checkpoint = TinyLanguageModel.Write(dir.Path, seed: 9, experts: 4);
+        var cluster = await LocalCluster.StartAsync(silos, (_, silo) => silo
+            .AddMoeGrains(o => { o.Device = "cpu"; o.Models["lm"] = checkpoint; })
+            .AddExpertPlugins(TestPaths.Plugins));
+        return (cluster, TextTokenizers.FromMetadata(SafeTensorsFile.Open(checkpoint).Metadata).Encode("the lazy dog"));
+    }
+
     [Fact]
     public async Task Losing_the_session_silo_mid_generation_gives_a_clear_error_within_seconds()
     {
         using var dir = TestPaths.Temp();
-        var checkpoint = TinyLanguageModel.Write(dir.Path, seed: 9, experts: 4);
-        await using var cluster = await LocalCluster.StartAsync(2, (_, silo) => silo
-            .AddMoeGrains(o => { o.Device = "cpu"; o.Models["lm"] = checkpoint; })
-            .AddExpertPlugins(TestPaths.Plugins));
-        var prompt = TextTokenizers.FromMetadata(SafeTensorsFile.Open(checkpoint).Metadata).Encode("the lazy dog");
+        var (cluster, prompt) = await Serve(dir, silos: 2);
+        await using var _ = cluster;
         var key = IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N"));
 
         // Start the session from the second silo (sessions are placed where they start), with a long generation.
@@ -48,11 +55,9 @@ public sealed class SessionLossTests
     public async Task A_step_on_a_session_that_lost_its_state_is_refused_instead_of_silently_starting_over()
     {
         using var dir = TestPaths.Temp();
-        var checkpoint = TinyLanguageModel.Write(dir.Path, seed: 9, experts: 4);
-        await using var cluster = await LocalCluster.StartAsync(1, (_, silo) => silo
-            .AddMoeGrains(o => { o.Device = "cpu"; o.Models["lm"] = checkpoint; })
-            .AddExpertPlugins(TestPaths.Plugins));
-        var prompt = TextTokenizers.FromMetadata(SafeTensorsFile.Open(checkpoint).Metadata).Encode("the lazy dog").Select(t => (long)t).ToArray();
+        var (cluster, ids) = await Serve(dir, silos: 1);
+        await using var _ = cluster;
+        var prompt = ids.Select(t => (long)t).ToArray();
         var grain = cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
         var append = RemoteSession.Appender(grain, null);
         var first = await append(prompt, CancellationToken.None);
