@@ -9,38 +9,30 @@ using static TorchSharp.torch;
 namespace MoeGrains.Tests.Cluster;
 
 /// <summary>Two silos serving a model whose experts misbehave by index (test-faulty) behind a uniform router.</summary>
-public sealed class FaultClusterFixture : IAsyncLifetime
+public sealed class FaultClusterFixture() : LocalClusterFixture(2)
 {
-    private readonly TempFolder _dir = TestPaths.Temp();
-
-    public LocalCluster Cluster { get; private set; } = null!;
-
     public const int DModel = 8;
 
-    public async Task InitializeAsync()
+    private string CheckpointPath => Dir.File("faulty.safetensors");
+
+    protected override void Prepare()
     {
-        var path = _dir.File("faulty.safetensors");
         var spec = new ModelSpec("faulty", 3, 6, DModel, DModel, 6, "test-faulty", "test-uniform");
-        SafeTensorsFile.Write(path, [], spec.Settings); // these test plugins have no weights
-        Cluster = await LocalCluster.StartAsync(2, (_, silo) => silo
-            .AddMoeGrains(o =>
-            {
-                o.Device = "cpu";
-                o.Models["faulty"] = path;
-                o.ExpertTimeoutMs = 1000;
-                o.DeviceHungAfterMs = 150;
-                o.MaxQueuedPerExpert = 2;
-                o.BreakerFailureThreshold = 2;
-                o.BreakerCooldownMs = 60_000;
-            })
-            .AddExpertPlugins(Path.Combine(TestPaths.TestPlugins, "MoeGrains.TestPlugins.Good")));
+        SafeTensorsFile.Write(CheckpointPath, [], spec.Settings); // these test plugins have no weights
     }
 
-    public async Task DisposeAsync()
-    {
-        await Cluster.DisposeAsync();
-        _dir.Dispose();
-    }
+    protected override void Configure(ISiloBuilder silo) => silo
+        .AddMoeGrains(o =>
+        {
+            o.Device = "cpu";
+            o.Models["faulty"] = CheckpointPath;
+            o.ExpertTimeoutMs = 1000;
+            o.DeviceHungAfterMs = 150;
+            o.MaxQueuedPerExpert = 2;
+            o.BreakerFailureThreshold = 2;
+            o.BreakerCooldownMs = 60_000;
+        })
+        .AddExpertPlugins(Path.Combine(TestPaths.TestPlugins, "MoeGrains.TestPlugins.Good"));
 }
 
 public sealed class FaultyExpertTests(FaultClusterFixture fixture) : IClassFixture<FaultClusterFixture>

@@ -7,28 +7,19 @@ using static TorchSharp.torch;
 namespace MoeGrains.Tests.Diffusion;
 
 /// <summary>Two real silos serving a tiny 3-expert diffusion model (untrained, seeded weights from checkpoints).</summary>
-public sealed class DiffusionClusterFixture : IAsyncLifetime
+public sealed class DiffusionClusterFixture() : LocalClusterFixture(2)
 {
-    private readonly TempFolder _dir = TestPaths.Temp();
-
-    public LocalCluster Cluster { get; private set; } = null!;
-
     public DiffusionModelFolder Folder { get; private set; } = null!;
 
-    public async Task InitializeAsync()
+    protected override void Prepare()
     {
-        Folder = DiffusionTestData.Untrained(_dir.File("tiny"), 3);
-        Cluster = await LocalCluster.StartAsync(2, (_, silo) => silo
-            .AddMoeGrains(o => o.Device = "cpu")
-            .AddExpertPlugins(TestPaths.Plugins)
-            .AddDiffusion(o => o.Models["tiny"] = Folder.Path));
+        Folder = DiffusionTestData.Untrained(Dir.File("tiny"), 3);
     }
 
-    public async Task DisposeAsync()
-    {
-        await Cluster.DisposeAsync();
-        _dir.Dispose();
-    }
+    protected override void Configure(ISiloBuilder silo) => silo
+        .AddMoeGrains(o => o.Device = "cpu")
+        .AddExpertPlugins(TestPaths.Plugins)
+        .AddDiffusion(o => o.Models["tiny"] = Folder.Path);
 }
 
 public sealed class DiffusionClusterTests(DiffusionClusterFixture fixture) : IClassFixture<DiffusionClusterFixture>

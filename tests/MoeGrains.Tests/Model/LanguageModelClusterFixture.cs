@@ -4,32 +4,23 @@ using MoeGrains.Tests.Infrastructure;
 namespace MoeGrains.Tests.Model;
 
 /// <summary>Two real silos in this process serving a tiny Mixtral-style language model as <c>lm</c>.</summary>
-public sealed class LanguageModelClusterFixture : IAsyncLifetime
+public sealed class LanguageModelClusterFixture() : LocalClusterFixture(2)
 {
-    private readonly TempFolder _dir = TestPaths.Temp();
-
-    public LocalCluster Cluster { get; private set; } = null!;
-
     public string CheckpointPath { get; private set; } = null!;
 
-    public async Task InitializeAsync()
+    protected override void Prepare()
     {
-        CheckpointPath = TinyLanguageModel.Write(_dir.Path, seed: 21, experts: 6);
-        Cluster = await LocalCluster.StartAsync(2, (_, silo) => silo
-            .AddMoeGrains(o =>
-            {
-                o.Device = "cpu";
-                o.Models["lm"] = CheckpointPath;
-                o.ExpertTimeoutMs = 20_000;
-            })
-            .AddExpertPlugins(TestPaths.Plugins));
+        CheckpointPath = TinyLanguageModel.Write(Dir.Path, seed: 21, experts: 6);
     }
 
-    public async Task DisposeAsync()
-    {
-        await Cluster.DisposeAsync();
-        _dir.Dispose();
-    }
+    protected override void Configure(ISiloBuilder silo) => silo
+        .AddMoeGrains(o =>
+        {
+            o.Device = "cpu";
+            o.Models["lm"] = CheckpointPath;
+            o.ExpertTimeoutMs = 20_000;
+        })
+        .AddExpertPlugins(TestPaths.Plugins);
 }
 
 [CollectionDefinition(Name)]

@@ -6,41 +6,32 @@ using MoeGrains.Tests.Infrastructure;
 namespace MoeGrains.Tests.Retrieval;
 
 /// <summary>Three real silos serving a small MED + CISI collection with BM25 and MiniLM, the index in three shards.</summary>
-public sealed class RetrievalClusterFixture : IAsyncLifetime
+public sealed class RetrievalClusterFixture() : LocalClusterFixture(3)
 {
     public const int Shards = 3;
-    private readonly TempFolder _dir = TestPaths.Temp();
-
-    public LocalCluster Cluster { get; private set; } = null!;
-
     public RetrievalCollection Collection { get; private set; } = null!;
 
-    public string Folder => _dir.File("mini");
+    public string Folder => Dir.File("mini");
 
     public static Dictionary<string, string> Settings => new() { ["threads"] = "1", ["max_words"] = "48" };
 
-    public async Task InitializeAsync()
+    protected override void Prepare()
     {
         Collection = MiniCollection.Write(Folder);
-        Cluster = await LocalCluster.StartAsync(3, (_, silo) => silo
-            .AddMoeGrains(o => o.Device = "cpu")
-            .AddExpertPlugins(TestPaths.Plugins)
-            .AddMoeGrainsRetrieval(o =>
-            {
-                o.Collections["mini"] = Folder;
-                o.Experts = "bm25,minilm";
-                o.Shards = Shards;
-                o.Threads = 1;
-                o.MaxWords = 48;
-                o.MaxK = 100;
-            }));
     }
 
-    public async Task DisposeAsync()
-    {
-        await Cluster.DisposeAsync();
-        _dir.Dispose();
-    }
+    protected override void Configure(ISiloBuilder silo) => silo
+        .AddMoeGrains(o => o.Device = "cpu")
+        .AddExpertPlugins(TestPaths.Plugins)
+        .AddMoeGrainsRetrieval(o =>
+        {
+            o.Collections["mini"] = Folder;
+            o.Experts = "bm25,minilm";
+            o.Shards = Shards;
+            o.Threads = 1;
+            o.MaxWords = 48;
+            o.MaxK = 100;
+        });
 }
 
 public sealed class DistributedRetrievalTests(RetrievalClusterFixture fixture) : IClassFixture<RetrievalClusterFixture>
