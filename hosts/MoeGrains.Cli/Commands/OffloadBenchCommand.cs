@@ -252,7 +252,8 @@ internal static class OffloadBenchCommand
                     for (var t = 0; t < rows.Count; t++) predictor.Observe(new RoutePath(ids.Length > t ? ids[t] : -1, rows[t]));
                 }
             };
-            var windows = int.TryParse(Environment.GetEnvironmentVariable("MOEGRAINS_OFFLOAD_WINDOWS"), out var w0) ? w0 : 24;
+            // The predictor learns from the routes of 24 training windows of 100 tokens, run as concurrent sessions.
+            const int windows = 24;
             const int window = 100;
             using var batcher = new SessionBatcher(recorder, plugins, path, CliServices.Provider, windows);
             var members = Enumerable.Range(0, windows).Select(w =>
