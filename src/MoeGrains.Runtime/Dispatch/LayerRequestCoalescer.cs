@@ -115,29 +115,25 @@ public sealed class LayerRequestCoalescer
         MoeLayerResult merged;
         try
         {
-            // Requests with non-finite values would fail the shared pass: they run alone (and fail alone).
-            var finite = await lane.RunAsync(() => batch.Select(w =>
+            // One step on the lane converts each request once: requests with non-finite values (which would fail the
+            // shared pass) are set apart to run alone, the rest are concatenated.
+            var (finite, hidden) = await lane.RunAsync(() =>
             {
                 using var scope = NewDisposeScope();
-                return w.Request.Hidden.ToTensor(CPU).isfinite().all().item<bool>();
-            }).ToArray()).ConfigureAwait(true);
+                var rows = batch.Select(w => w.Request.Hidden.ToTensor(CPU)).ToArray();
+                var ok = rows.Select(r => r.isfinite().all().item<bool>()).ToArray();
+                var kept = rows.Where((_, i) => ok[i]).ToArray();
+                return (ok, kept.Length > 1 ? WireTensor.FromTensor(cat(kept, 0), batch[0].Request.Hidden.DType) : null);
+            }).ConfigureAwait(true);
             var alone = batch.Where((_, i) => !finite[i]).ToList();
-            if (alone.Count > 0)
+            batch = batch.Where((_, i) => finite[i]).ToList();
+            _ = Task.WhenAll(alone.Select(w => Complete(w, pass)));
+            if (hidden is null)
             {
-                batch = batch.Where((_, i) => finite[i]).ToList();
-                _ = Task.WhenAll(alone.Select(w => Complete(w, pass)));
-                if (batch.Count <= 1)
-                {
-                    await Task.WhenAll(batch.Select(w => Complete(w, pass))).ConfigureAwait(true);
-                    return;
-                }
+                await Task.WhenAll(batch.Select(w => Complete(w, pass))).ConfigureAwait(true);
+                return;
             }
             var first = batch[0].Request;
-            var hidden = await lane.RunAsync(() =>
-            {
-                using var scope = NewDisposeScope();
-                return WireTensor.FromTensor(cat(batch.Select(w => w.Request.Hidden.ToTensor(CPU)).ToArray(), 0), first.Hidden.DType);
-            }).ConfigureAwait(true);
             var tokenIds = first.TokenIds is null ? null : batch.SelectMany(w => w.Request.TokenIds ?? []).ToArray();
             merged = await pass(first with { Hidden = hidden, TokenIds = tokenIds }, CancellationToken.None).ConfigureAwait(true);
         }
