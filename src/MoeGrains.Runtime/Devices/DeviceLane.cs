@@ -107,6 +107,16 @@ public sealed class DeviceLane : Dispatch.IComputeLane
         }
     }
 
+    /// <summary>
+    /// Disposes plugin objects (and the tensors they hold) on the device's thread, after the computations queued before;
+    /// for grains that release what they host when they deactivate. Null items are skipped.
+    /// </summary>
+    public Task ReleaseAsync(params IDisposable?[] items) => RunAsync(() =>
+    {
+        foreach (var item in items) item?.Dispose();
+        return true;
+    }, CancellationToken.None);
+
     /// <summary>Runs <paramref name="compute"/> on the device's thread (synchronous, so tensor dispose scopes stay on one thread).</summary>
     public Task<T> RunAsync<T>(Func<T> compute, CancellationToken cancellationToken = default)
     {

@@ -74,13 +74,12 @@ internal sealed class DiffusionExpertGrain(DiffusionCatalog catalog, PluginCatal
         });
     }
 
-    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken) =>
-        device.Lane.RunAsync(() =>
-        {
-            _expert?.Dispose();
-            _expert = null;
-            return true;
-        }, CancellationToken.None);
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        var expert = _expert;
+        _expert = null;
+        return device.Lane.ReleaseAsync(expert);
+    }
 }
 
 /// <summary>The router of a served diffusion model, one activation per silo that asks.</summary>
@@ -122,13 +121,12 @@ internal sealed class DiffusionRouterGrain(DiffusionCatalog catalog, PluginCatal
         });
     }
 
-    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken) =>
-        device.Lane.RunAsync(() =>
-        {
-            _router?.Dispose();
-            _router = null;
-            return true;
-        }, CancellationToken.None);
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        var router = _router;
+        _router = null;
+        return device.Lane.ReleaseAsync(router);
+    }
 }
 
 internal static class DiffusionInputs

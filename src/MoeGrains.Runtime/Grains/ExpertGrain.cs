@@ -234,13 +234,12 @@ internal sealed partial class ExpertGrain(
         });
     }
 
-    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken) =>
-        device.Lane.RunAsync(() =>
-        {
-            _expert?.Dispose();
-            _expert = null;
-            return true;
-        }, CancellationToken.None);
+    public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
+    {
+        var expert = _expert;
+        _expert = null;
+        return device.Lane.ReleaseAsync(expert);
+    }
 
     [LoggerMessage(Level = LogLevel.Information, Message = "Expert {Key} ({Plugin}) loaded on {Device} in {Ms:F1} ms")]
     private static partial void LogLoaded(ILogger logger, string key, string plugin, string device, double ms);

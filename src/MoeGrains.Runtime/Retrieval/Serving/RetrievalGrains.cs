@@ -58,10 +58,7 @@ internal sealed class RetrieverGrain(PluginCatalog plugins, SiloDevice device, I
     {
         var expert = _expert;
         _expert = null;
-        if (expert is not null)
-        {
-            _ = device.Lane.RunAsync(() => { expert.Dispose(); return true; });
-        }
+        _ = device.Lane.ReleaseAsync(expert);
         return Task.CompletedTask;
     }
 }
@@ -159,13 +156,7 @@ internal sealed class IndexShardGrain(RetrievalCollections collections, PluginCa
     {
         var (embeddings, index, lexical) = (_embeddings, _lexicalIndex, _lexical);
         (_embeddings, _lexicalIndex, _lexical, _loaded) = (null, null, null, false);
-        _ = device.Lane.RunAsync(() =>
-        {
-            embeddings?.Dispose();
-            index?.Dispose();
-            lexical?.Dispose();
-            return true;
-        });
+        _ = device.Lane.ReleaseAsync(embeddings, index, lexical);
         return Task.CompletedTask;
     }
 }
