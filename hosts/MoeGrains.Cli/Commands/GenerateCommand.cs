@@ -21,7 +21,7 @@ internal static class GenerateCommand
     public static Command Create()
     {
         var prompt = new Argument<string>("prompt") { Description = "The text to continue" };
-        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder or model.safetensors", DefaultValueFactory = _ => Path.Combine(CliPaths.Checkpoints, "shakespeare") };
+        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder or model.safetensors", DefaultValueFactory = _ => CliPaths.ReferenceModel };
         var maxTokens = new Option<int>("--max-tokens") { Description = $"New tokens to generate (1..{GenerationOptions.MAX_NEW_TOKENS})", DefaultValueFactory = _ => 200 };
         var temperature = new Option<double>("--temperature") { Description = "Sampling temperature; 0 is greedy", DefaultValueFactory = _ => 0.8 };
         var topP = new Option<double>("--top-p") { Description = "Nucleus sampling mass, in (0, 1]", DefaultValueFactory = _ => 0.95 };

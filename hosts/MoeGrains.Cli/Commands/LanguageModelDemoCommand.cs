@@ -15,7 +15,7 @@ internal static class LanguageModelDemoCommand
 
     public static Command Create()
     {
-        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder: used when it exists, trained into otherwise", DefaultValueFactory = _ => Path.Combine(CliPaths.Checkpoints, "shakespeare") };
+        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder: used when it exists, trained into otherwise", DefaultValueFactory = _ => CliPaths.ReferenceModel };
         var minutes = new Option<double>("--minutes") { Description = "Training budget when there is no checkpoint yet", DefaultValueFactory = _ => DEFAULT_MINUTES };
         var silos = new Option<int>("--silos") { Description = "Silos in the local cluster", DefaultValueFactory = _ => 2 };
         var prompt = new Option<string>("--prompt") { Description = "Text to continue", DefaultValueFactory = _ => "ROMEO:" };

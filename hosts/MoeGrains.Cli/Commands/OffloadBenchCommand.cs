@@ -39,7 +39,7 @@ internal static class OffloadBenchCommand
     public static Command Create()
     {
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of the tables" };
-        var checkpoint = new Option<string>("--checkpoint") { Description = "Reference model checkpoint (folder or model.safetensors)", DefaultValueFactory = _ => Path.Combine(CliPaths.Checkpoints, "shakespeare") };
+        var checkpoint = new Option<string>("--checkpoint") { Description = "Reference model checkpoint (folder or model.safetensors)", DefaultValueFactory = _ => CliPaths.ReferenceModel };
         var requests = new Option<int>("--requests") { Description = "Concurrent requests", DefaultValueFactory = _ => 16 };
         var batch = new Option<int>("--batch") { Description = "Requests stepped together (a batch)", DefaultValueFactory = _ => 4 };
         var newTokens = new Option<int>("--new-tokens") { Description = "Greedy tokens generated per request", DefaultValueFactory = _ => 16 };

@@ -48,7 +48,7 @@ internal static class PlacementBenchCommand
 
     private static Command Create()
     {
-        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder or model.safetensors", DefaultValueFactory = _ => Path.Combine(CliPaths.Checkpoints, "shakespeare") };
+        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder or model.safetensors", DefaultValueFactory = _ => CliPaths.ReferenceModel };
         var data = new Option<string?>("--data") { Description = "Text whose last 10% is held out (default: tinyshakespeare)" };
         var silos = new Option<int[]>("--silos") { Description = "Cluster sizes", DefaultValueFactory = _ => [2, 3], AllowMultipleArgumentsPerToken = true };
         var traceSessions = new Option<int>("--trace-sessions") { Description = "Sessions run to record the traces the plan is solved from", DefaultValueFactory = _ => 6 };

@@ -34,7 +34,7 @@ internal static class RoutingEvalCommand
 
     public static Command Create()
     {
-        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder or model.safetensors (the reference: usually trained with top-2)", DefaultValueFactory = _ => Path.Combine(CliPaths.Checkpoints, "shakespeare") };
+        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder or model.safetensors (the reference: usually trained with top-2)", DefaultValueFactory = _ => CliPaths.ReferenceModel };
         var trained = new Option<string?>("--trained") { Description = "Checkpoints trained with other routing policies (comma-separated folders), each evaluated with the router it was trained with" };
         var data = new Option<string?>("--data") { Description = "Text whose last 10% is held out (default: tinyshakespeare, or the bAbI training text with --babi)" };
         var policies = new Option<string>("--policies") { Description = "Router plugins applied at inference to --checkpoint, and scmoe", DefaultValueFactory = _ => "topk,topp,capacity,rank,scmoe" };

@@ -17,7 +17,7 @@ internal static class TrainCommand
     public static Command Create()
     {
         var data = new Option<string?>("--data") { Description = "Text file to train on (default: tinyshakespeare from the shared data)" };
-        var output = new Option<string>("--out") { Description = "Checkpoint folder (model.safetensors, config.json, training state)", DefaultValueFactory = _ => Path.Combine(CliPaths.Checkpoints, "shakespeare") };
+        var output = new Option<string>("--out") { Description = "Checkpoint folder (model.safetensors, config.json, training state)", DefaultValueFactory = _ => CliPaths.ReferenceModel };
         var tokenizer = new Option<string>("--tokenizer") { Description = "char (one token per character) or gpt2 (BPE)", DefaultValueFactory = _ => "char" };
         var layers = new Option<int>("--layers") { DefaultValueFactory = _ => 4 };
         var dModel = new Option<int>("--d-model") { DefaultValueFactory = _ => 128 };
