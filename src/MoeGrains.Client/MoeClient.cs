@@ -118,10 +118,12 @@ public sealed class MoeClient : IAsyncDisposable
     /// <paramref name="model"/>: a new decoder session grain generates and publishes each token on an Orleans stream as
     /// it is chosen; the events arrive here in order, sequence numbers from 0, and the end marker (with its reason) comes
     /// last. The request is checked (<see cref="GenerationRequestValidator"/>) before anything is sent; the model, the
-    /// router and the context are checked by the grain.
+    /// router and the context are checked by the grain. <paramref name="started"/>, when given, is told where the session
+    /// runs before the first event.
     /// </summary>
     public IAsyncEnumerable<GenerationEvent> GenerateAsync(string model, int[] prompt, GenerationOptions options, string? router = null,
-        CancellationToken cancellationToken = default) => GenerationStreams.GenerateAsync(_client, model, prompt, options, router, cancellationToken);
+        CancellationToken cancellationToken = default, Action<GenerationStarted>? started = null) =>
+        GenerationStreams.GenerateAsync(_client, model, prompt, options, router, cancellationToken, started);
 
     public Task<SiloDeviceInfo[]> SilosAsync() => Grains.GetGrain<IClusterInfoGrain>(0).Silos();
 

@@ -101,7 +101,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
                 DelayDeactivation(GenerationKeepAlive);
                 var e = new GenerationEvent(sequence++, token);
                 _published.Add(e);
-                await stream.OnNextAsync(e);
+                await Publish(stream, e);
                 if (token == generation.StopToken)
                 {
                     finish = FinishReason.Stop;
@@ -124,6 +124,22 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         catch (Exception e)
         {
             logger.LogWarning(e, "The end marker of session {Session} could not be published", this.GetPrimaryKeyString());
+        }
+    }
+
+    /// <summary>
+    /// Publishes one event. The event is already in the grain's record, so a failed publication (the stream's queue or
+    /// rendezvous grain was on a lost silo) costs the consumer a replay, never the generation.
+    /// </summary>
+    private async Task Publish(IAsyncStream<GenerationEvent> stream, GenerationEvent e)
+    {
+        try
+        {
+            await stream.OnNextAsync(e);
+        }
+        catch (Exception failure) when (failure is not OperationCanceledException)
+        {
+            logger.LogWarning(failure, "Event {Sequence} of session {Session} was not published; consumers replay it", e.Sequence, this.GetPrimaryKeyString());
         }
     }
 
@@ -157,8 +173,26 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(hidden, TensorDType.Float32, wire.Value.MaxTensorBytes), ct);
             var start = _session?.Position ?? 0;
             var ids = Enumerable.Range(0, (int)hidden.shape[0]).Select(i => RoutingTraces.TokenId(key, start + i)).ToArray();
-            var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer))
-                .Forward(new MoeLayerRequest(payload) { Router = router, TokenIds = ids }, ct);
+            var request = new MoeLayerRequest(payload) { Router = router, TokenIds = ids };
+            MoeLayerResult result;
+            while (true)
+            {
+                try
+                {
+                    result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer)).Forward(request, ct);
+                    break;
+                }
+                catch (ExpertQuorumException e) when (e.FailedExperts.Except(request.MaskedExperts ?? []).Any())
+                {
+                    // Too few of a token's experts answered (their silo was lost, say): route again around every expert
+                    // that failed so far, so the step loses those experts the k_min way instead of ending the
+                    // generation. Each retry masks at least one more expert, so this ends; a failure that names no new
+                    // expert is the caller's.
+                    var masked = (request.MaskedExperts ?? []).Union(e.FailedExperts).Order().ToArray();
+                    logger.LogWarning("Layer {Layer} of session {Session} lost experts {Experts}; routing around them", layer, key, string.Join(",", masked));
+                    request = request with { MaskedExperts = masked };
+                }
+            }
             _messages += 2L * result.Calls.Count(c => c.Silo != result.Silo);
             _bytes += result.CrossSiloBytes;
             return new MoeLayerAnswer(await lane.RunAsync(() => result.Output.ToTensor(device.Device), ct), result.Calls.Sum(c => c.Tokens));

@@ -77,10 +77,12 @@ public static class GenerationStreams
     /// <summary>
     /// Starts a new session of <paramref name="model"/> that generates from <paramref name="prompt"/> and yields its events
     /// as they arrive, the end marker last; the session is closed when the enumeration ends or is abandoned. The request
-    /// is checked before anything is called; the grain checks the model, router and context again.
+    /// is checked before anything is called; the grain checks the model, router and context again. <paramref name="started"/>,
+    /// when given, learns what the grain accepted (prompt tokens, context, the silo that holds the session) before the
+    /// first event.
     /// </summary>
     public static async IAsyncEnumerable<GenerationEvent> GenerateAsync(IClusterClient client, string model, int[] prompt, GenerationOptions options,
-        string? router = null, [EnumeratorCancellation] CancellationToken cancellationToken = default)
+        string? router = null, [EnumeratorCancellation] CancellationToken cancellationToken = default, Action<GenerationStarted>? started = null)
     {
         ArgumentNullException.ThrowIfNull(client);
         ArgumentNullException.ThrowIfNull(prompt);
@@ -100,9 +102,11 @@ public static class GenerationStreams
             e => { events.Writer.TryComplete(new InvalidOperationException("The generation stream failed.", e)); return Task.CompletedTask; },
             () => { events.Writer.TryComplete(); return Task.CompletedTask; }).ConfigureAwait(false);
         var grain = client.GetGrain<IDecoderSessionGrain>(key);
+        var reachable = true;
         try
         {
-            await grain.Generate(prompt, options, router, cancellationToken).ConfigureAwait(false);
+            var accepted = await grain.Generate(prompt, options, router, cancellationToken).ConfigureAwait(false);
+            started?.Invoke(accepted);
             // Events are yielded strictly in sequence order. The stream delivers them in order; one it lost shows up as a
             // gap (or, for the end marker, as silence), and the grain's own record fills it.
             long next = 0;
@@ -138,7 +142,17 @@ public static class GenerationStreams
                 }
                 if (received is null || (pending.Count > 0 && pending.Keys.First() > next))
                 {
-                    foreach (var e in await grain.Replay(next).ConfigureAwait(false))
+                    GenerationEvent[] replayed;
+                    try
+                    {
+                        replayed = await grain.Replay(next).ConfigureAwait(false);
+                    }
+                    catch
+                    {
+                        reachable = false; // lost with its silo, or out of reach: nothing left to close
+                        throw;
+                    }
+                    foreach (var e in replayed)
                     {
                         pending.TryAdd(e.Sequence, e);
                     }
@@ -162,7 +176,10 @@ public static class GenerationStreams
             }
             finally
             {
-                await grain.Close().ConfigureAwait(false);
+                if (reachable)
+                {
+                    await grain.Close().ConfigureAwait(false);
+                }
             }
         }
     }
