@@ -23,9 +23,11 @@ namespace MoeGrains.Grains;
 [Reentrant]
 internal sealed class MoeLayerGrain(
     ModelCatalog models, SiloDevice device, ExpertCircuitBreakers breakers, IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire,
-    LayerRequestCoalescer coalescer, RoutingTraceSink? traces = null)
+    LayerRequestCoalescer coalescer, RoutingTraceSink? traces = null, ExpertPlacementPlans? plans = null)
     : Grain, IMoeLayerGrain
 {
+    private static int _rotation;
+
     public Task<MoeLayerResult> Forward(MoeLayerRequest request, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -77,8 +79,7 @@ internal sealed class MoeLayerGrain(
             .Route(hidden, masked.Length == 0 ? null : [.. available.AsList()], request.Router);
         if (traces is not null && request.TokenIds is { } tokenIds && traces.Record(model, layer, tokenIds, routing) is { } sampled)
         {
-            await this.GetStreamProvider(traces.Options.StreamProvider)
-                .GetStream<RoutingSampleBatch>(StreamId.Create(RoutingTraces.StreamNamespace, model)).OnNextAsync(sampled);
+            await traces.PublishAsync(ServiceProvider, sampled);
         }
         var wireType = hidden.DType == TensorDType.Int8 ? wire.Value.HiddenDType : hidden.DType;
         var timeout = TimeSpan.FromMilliseconds(request.ExpertTimeoutMs > 0 ? request.ExpertTimeoutMs : options.Value.ExpertTimeoutMs);
@@ -86,17 +87,20 @@ internal sealed class MoeLayerGrain(
         MoeLayerOutput result;
         try
         {
-            result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, batch, ct) =>
+            // Hot-expert replication: a replicated expert's tokens are split over its replicas (the rotation spreads
+            // single-token steps over them; the output does not depend on it).
+            var replicas = plans?.ReplicaCounts(model, layer);
+            result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, r, batch, ct) =>
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(batch, wireType, wire.Value.MaxTensorBytes), ct);
-            var answer = await ExpertMoves.CallAsync(GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, e)), payload, ct);
+            var answer = await ExpertMoves.CallAsync(GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Replica(model, layer, e, r)), payload, ct);
             var remote = answer.Silo != here;
             var bytes = remote ? payload.WireBytes + answer.Output.WireBytes : 0;
             MoeGrainsMetrics.ExpertCalls.Add(1, new KeyValuePair<string, object?>("remote", remote));
             MoeGrainsMetrics.CrossSiloBytes.Add(bytes);
             var y = await lane.RunAsync(() => answer.Output.ToTensor(device.Device), ct);
             return new ExpertAnswer(y, answer.Silo, answer.ComputeMs, bytes);
-        }, request.KMin, timeout, cancellationToken, lane);
+        }, replicas, replicas is null ? 0 : Interlocked.Increment(ref _rotation), request.KMin, timeout, cancellationToken, lane);
         }
         catch (ExpertQuorumException e)
         {
