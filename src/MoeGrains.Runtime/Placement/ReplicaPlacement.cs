@@ -93,8 +93,9 @@ public sealed class ReplicaPlacement
     /// <summary>
     /// The DeepSeek EPLB policy (<see cref="ExpertReplication"/>, global: one group, one node, a silo per GPU) on measured
     /// loads: <paramref name="slots"/> expert activations per layer (at least the experts, a multiple of the silos), the
-    /// hottest experts (by load per replica) getting the extra ones, the replicas packed so that silo loads balance.
-    /// Replica r of an expert is the slot EPLB ranked r.
+    /// hottest experts (by load per replica) getting the extra ones, the replicas packed so that silo loads balance; then
+    /// a replica that landed on a silo its expert already has swaps silos with the closest-weight slot that can take its
+    /// place. Replica r of an expert is the slot EPLB ranked r.
     /// </summary>
     /// <param name="load"><c>[layer index][expert]</c>: tokens routed to each expert of <paramref name="layers"/>.</param>
     public static ReplicaPlacement Balance(double[][] load, IReadOnlyList<int> layers, int silos, int slots)
@@ -111,13 +112,38 @@ public sealed class ReplicaPlacement
         var replicaSilos = new int[layers.Count * experts][];
         for (var i = 0; i < layers.Count; i++)
         {
+            var slotSilo = Enumerable.Range(0, slots).Select(p => p / perSilo).ToArray();
+            Spread(plan.PhysicalToLogical[i], slotSilo, [.. Enumerable.Range(0, slots).Select(p =>
+                load[i][plan.PhysicalToLogical[i][p]] / plan.ReplicaCount[i][plan.PhysicalToLogical[i][p]])]);
             for (var e = 0; e < experts; e++) replicaSilos[i * experts + e] = new int[plan.ReplicaCount[i][e]];
             for (var p = 0; p < slots; p++)
             {
-                replicaSilos[i * experts + plan.PhysicalToLogical[i][p]][plan.ReplicaRank[i][p]] = p / perSilo;
+                replicaSilos[i * experts + plan.PhysicalToLogical[i][p]][plan.ReplicaRank[i][p]] = slotSilo[p];
             }
         }
         return new ReplicaPlacement(layers, experts, silos, replicaSilos);
+    }
+
+    // EPLB's packing can put two replicas of one expert on one silo, where the second balances nothing. Each such slot
+    // swaps silos with the slot of closest weight on another silo whose expert is not on the first silo (and the first
+    // slot's expert not on the other): slot counts per silo stay, loads change by the weights' difference.
+    private static void Spread(int[] slotExpert, int[] slotSilo, double[] weight)
+    {
+        for (var round = 0; round < slotExpert.Length; round++)
+        {
+            bool On(int expert, int silo, int except) =>
+                Enumerable.Range(0, slotExpert.Length).Any(q => q != except && slotExpert[q] == expert && slotSilo[q] == silo);
+            var p = Enumerable.Range(0, slotExpert.Length).FirstOrDefault(p => On(slotExpert[p], slotSilo[p], p), -1);
+            if (p < 0) return;
+            var best = -1;
+            for (var q = 0; q < slotExpert.Length; q++)
+            {
+                if (slotSilo[q] == slotSilo[p] || slotExpert[q] == slotExpert[p] || On(slotExpert[q], slotSilo[p], q) || On(slotExpert[p], slotSilo[q], p)) continue;
+                if (best < 0 || Math.Abs(weight[q] - weight[p]) < Math.Abs(weight[best] - weight[p])) best = q;
+            }
+            if (best < 0) return;
+            (slotSilo[p], slotSilo[best]) = (slotSilo[best], slotSilo[p]);
+        }
     }
 
     /// <summary>The slots per layer <see cref="Balance"/> uses by default: the experts rounded up to a multiple of the silos, plus one per silo.</summary>

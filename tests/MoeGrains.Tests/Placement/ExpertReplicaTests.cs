@@ -8,8 +8,12 @@ using static TorchSharp.torch;
 
 namespace MoeGrains.Tests.Placement;
 
-/// <summary>Two real silos serving a tiny one-layer model with routing traces of every token.</summary>
-public sealed class ReplicationClusterFixture() : LocalClusterFixture(2)
+/// <summary>
+/// Two real silos serving a tiny one-layer model with routing traces of every token, as "tiny" (replicated by
+/// <see cref="ExpertReplicaTests"/>) and as "moving" (moved by <see cref="ExpertMoveTests"/>), so the tests do not see
+/// each other's placement.
+/// </summary>
+public sealed class PlacementClusterFixture() : LocalClusterFixture(2)
 {
     public ModelSpec Spec { get; private set; } = null!;
 
@@ -22,13 +26,21 @@ public sealed class ReplicationClusterFixture() : LocalClusterFixture(2)
         {
             o.Device = "cpu";
             o.Models["tiny"] = CheckpointPath;
+            o.Models["moving"] = CheckpointPath;
             o.ExpertTimeoutMs = 30_000;
         })
         .AddExpertPlugins(TestPaths.Plugins)
         .AddRoutingTraces(o => o.SamplingRate = 1);
 }
 
-public sealed class ExpertReplicaTests(ReplicationClusterFixture fixture) : IClassFixture<ReplicationClusterFixture>
+[CollectionDefinition(Name)]
+public sealed class PlacementClusterCollection : ICollectionFixture<PlacementClusterFixture>
+{
+    public const string Name = "placement-cluster";
+}
+
+[Collection(PlacementClusterCollection.Name)]
+public sealed class ExpertReplicaTests(PlacementClusterFixture fixture)
 {
     [Fact]
     public async Task Hot_experts_are_replicated_on_the_other_silo_from_live_loads_and_outputs_stay_equal()
@@ -174,6 +186,7 @@ public sealed class ExpertReplicaTests(ReplicationClusterFixture fixture) : ICla
             for (var e = 0; e < 12; e++) unreplicated[e % 4] += load[i][e];
             Assert.True(ReplicaPlacement.Imbalance(placement.SiloLoads(load)[i]) < ReplicaPlacement.Imbalance(unreplicated));
             Assert.True(ReplicaPlacement.Imbalance(placement.SiloLoads(load)[i]) < 1.1);
+            Assert.All(placement.ReplicaSilos.Skip(i * 12).Take(12), r => Assert.Equal(r.Length, r.Distinct().Count())); // replicas on distinct silos
         }
         Assert.Null(placement.Counts(4));
         Assert.Equal(placement.ReplicaSilos.Select(r => r[0]), placement.Primary().Assignment);
