@@ -26,7 +26,9 @@ internal sealed class MoeLayerGrain(
     LayerRequestCoalescer coalescer, RoutingTraceSink? traces = null, ExpertPlacementPlans? plans = null)
     : Grain, IMoeLayerGrain
 {
-    private static int _rotation;
+    // Per layer (a counter shared by all layers would advance by the layer count per decoded token and keep sending a
+    // layer's single tokens to the same replica).
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> Rotations = new(StringComparer.Ordinal);
 
     public Task<MoeLayerResult> Forward(MoeLayerRequest request, CancellationToken cancellationToken)
     {
@@ -87,8 +89,8 @@ internal sealed class MoeLayerGrain(
         MoeLayerOutput result;
         try
         {
-            // Hot-expert replication: a replicated expert's tokens are split over its replicas (the rotation spreads
-            // single-token steps over them; the output does not depend on it).
+            // Hot-expert replication: a replicated expert's tokens are split over its replicas (the layer's rotation
+            // spreads single-token steps over them; the output does not depend on it).
             var replicas = plans?.ReplicaCounts(model, layer);
             result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, r, batch, ct) =>
         {
@@ -100,7 +102,7 @@ internal sealed class MoeLayerGrain(
             MoeGrainsMetrics.CrossSiloBytes.Add(bytes);
             var y = await lane.RunAsync(() => answer.Output.ToTensor(device.Device), ct);
             return new ExpertAnswer(y, answer.Silo, answer.ComputeMs, bytes);
-        }, replicas, replicas is null ? 0 : Interlocked.Increment(ref _rotation), request.KMin, timeout, cancellationToken, lane);
+        }, replicas, replicas is null ? 0 : Rotations.AddOrUpdate(this.GetPrimaryKeyString(), 1, (_, n) => n + 1), request.KMin, timeout, cancellationToken, lane);
         }
         catch (ExpertQuorumException e)
         {
