@@ -19,4 +19,5 @@ var root = new RootCommand("moe: run mixture-of-experts models on a Microsoft Or
 };
 RoutingEvalCommand.Register(root);
 PlacementBenchCommand.Register(root);
+ReplicationBenchCommand.Register(root);
 return await root.Parse(args).InvokeAsync();

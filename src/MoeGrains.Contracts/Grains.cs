@@ -54,14 +54,34 @@ public static class ExpertKey
 
     public static string Layer(string model, int layer) => $"{model}/{layer}";
 
+    /// <summary>
+    /// The key of replica <paramref name="replica"/> of an expert (hot-expert replication): replica 0 is the expert's own
+    /// grain (<see cref="Expert"/>), replica r &gt; 0 is <c>model/layer/expert/r</c>, the same weights on another activation.
+    /// </summary>
+    public static string Replica(string model, int layer, int expert, int replica) =>
+        replica == 0 ? Expert(model, layer, expert) : $"{model}/{layer}/{expert}/{replica}";
+
+    /// <summary>Replica indices are below this (a bound on the activations a key can ask for).</summary>
+    public const int MAX_REPLICAS = 64;
+
+    /// <summary>Parses an expert key, with or without a replica index (the replica's expert is returned).</summary>
     public static (string Model, int Layer, int Expert) ParseExpert(string key)
     {
+        var (model, layer, expert, _) = ParseReplica(key);
+        return (model, layer, expert);
+    }
+
+    /// <summary>Parses <c>model/layer/expert</c> (replica 0) or <c>model/layer/expert/replica</c>.</summary>
+    public static (string Model, int Layer, int Expert, int Replica) ParseReplica(string key)
+    {
         var parts = key.Split('/');
-        if (parts.Length != 3 || !int.TryParse(parts[1], out var layer) || !int.TryParse(parts[2], out var expert))
+        var replica = 0;
+        if (parts.Length is not (3 or 4) || !int.TryParse(parts[1], out var layer) || !int.TryParse(parts[2], out var expert)
+            || (parts.Length == 4 && (!int.TryParse(parts[3], out replica) || replica < 1 || replica >= MAX_REPLICAS)))
         {
-            throw new UnknownExpertException($"'{key}' is not an expert key (model/layer/expert).");
+            throw new UnknownExpertException($"'{key}' is not an expert key (model/layer/expert, or model/layer/expert/replica with replica 1..{MAX_REPLICAS - 1}).");
         }
-        return (parts[0], layer, expert);
+        return (parts[0], layer, expert, replica);
     }
 
     public static (string Model, int Layer) ParseLayer(string key)

@@ -79,7 +79,11 @@ public sealed record ExpertCall(
     [property: Id(2)] string Silo,
     [property: Id(3)] double ComputeMs,
     [property: Id(4)] double RoundTripMs,
-    [property: Id(5)] string? Error);
+    [property: Id(5)] string? Error)
+{
+    /// <summary>Which replica of the expert ran these tokens (0: the expert's own grain; see <see cref="ExpertKey.Replica"/>).</summary>
+    [Id(6)] public int Replica { get; init; }
+}
 
 /// <summary>A silo's device as advertised: name, kind and memory budget.</summary>
 [GenerateSerializer, Immutable, Alias("moegrains.SiloDeviceInfo")]

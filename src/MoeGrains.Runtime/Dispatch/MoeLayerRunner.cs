@@ -11,6 +11,9 @@ public sealed record ExpertAnswer(Tensor Output, string Silo, double ComputeMs, 
 /// <summary>Calls one expert with one batch. The in-process and the grain dispatcher each provide one.</summary>
 public delegate Task<ExpertAnswer> ExpertCallAsync(int expert, Tensor batch, CancellationToken cancellationToken);
 
+/// <summary>Calls one replica of an expert (0: the expert itself) with one batch: the dispatch with hot-expert replication.</summary>
+public delegate Task<ExpertAnswer> ExpertReplicaCallAsync(int expert, int replica, Tensor batch, CancellationToken cancellationToken);
+
 /// <summary>Where synchronous tensor work runs: inline for the in-process dispatcher, the device thread in a silo.</summary>
 public interface IComputeLane
 {
@@ -39,14 +42,28 @@ public sealed record MoeLayerOutput(Tensor Output, ExpertCall[] Calls, long Cros
 public static class MoeLayerRunner
 {
     // No ConfigureAwait(false): in a grain the expert calls must run in the activation's context.
-    public static async Task<MoeLayerOutput> RunAsync(
+    public static Task<MoeLayerOutput> RunAsync(
         Tensor hidden, RoutingResult routing, int numExperts, int outputDim, ExpertCallAsync call,
         int kMin, TimeSpan expertTimeout, CancellationToken cancellationToken = default, IComputeLane? lane = null)
     {
+        ArgumentNullException.ThrowIfNull(call);
+        return RunAsync(hidden, routing, numExperts, outputDim, (e, _, batch, ct) => call(e, batch, ct), null, 0, kMin, expertTimeout, cancellationToken, lane);
+    }
+
+    /// <summary>
+    /// The layer step with hot-expert replication: an expert with <c>replicas[e] &gt; 1</c> has its tokens split over its
+    /// replicas (<see cref="ExpertGroup.SplitOverReplicas"/>), one call each; a replica that fails fails its expert (all its
+    /// tokens are masked, as without replication), so the output never depends on which replica ran a token.
+    /// </summary>
+    public static async Task<MoeLayerOutput> RunAsync(
+        Tensor hidden, RoutingResult routing, int numExperts, int outputDim, ExpertReplicaCallAsync call, IReadOnlyList<int>? replicas, int rotation,
+        int kMin, TimeSpan expertTimeout, CancellationToken cancellationToken = default, IComputeLane? lane = null)
+    {
         ArgumentOutOfRangeException.ThrowIfNegativeOrZero(kMin);
+        ArgumentNullException.ThrowIfNull(call);
         lane ??= InlineLane.Instance;
         var tokens = routing.Tokens;
-        var groups = ExpertGroup.FromRouting(routing.Experts, routing.Weights, tokens, routing.K, numExperts);
+        var groups = ExpertGroup.SplitOverReplicas(ExpertGroup.FromRouting(routing.Experts, routing.Weights, tokens, routing.K, numExperts), replicas, rotation);
         var calls = new Task<(ExpertAnswer? Answer, string? Error, double Ms)>[groups.Length];
         using var deadline = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         deadline.CancelAfter(expertTimeout);
@@ -59,7 +76,7 @@ public static class MoeLayerRunner
         {
             for (var i = 0; i < groups.Length; i++)
             {
-                calls[i] = Guard(call, groups[i].Expert, batches[i], expertTimeout, deadline.Token);
+                calls[i] = Guard(call, groups[i].Expert, groups[i].Replica, batches[i], expertTimeout, deadline.Token);
             }
             await Task.WhenAll(calls);
         }
@@ -83,7 +100,7 @@ public static class MoeLayerRunner
                 failed.Add(groups[i].Expert);
             }
             crossBytes += answer?.CrossSiloBytes ?? 0;
-            records[i] = new ExpertCall(groups[i].Expert, groups[i].Tokens.Length, answer?.Silo ?? "", answer?.ComputeMs ?? 0, ms, error);
+            records[i] = new ExpertCall(groups[i].Expert, groups[i].Tokens.Length, answer?.Silo ?? "", answer?.ComputeMs ?? 0, ms, error) { Replica = groups[i].Replica };
         }
         try
         {
@@ -100,12 +117,12 @@ public static class MoeLayerRunner
     }
 
     private static async Task<(ExpertAnswer? Answer, string? Error, double Ms)> Guard(
-        ExpertCallAsync call, int expert, Tensor batch, TimeSpan timeout, CancellationToken token)
+        ExpertReplicaCallAsync call, int expert, int replica, Tensor batch, TimeSpan timeout, CancellationToken token)
     {
         var sw = Stopwatch.StartNew();
         try
         {
-            var answer = await call(expert, batch, token).WaitAsync(timeout, token);
+            var answer = await call(expert, replica, batch, token).WaitAsync(timeout, token);
             return (answer, null, sw.Elapsed.TotalMilliseconds);
         }
         catch (Exception e) when (e is TimeoutException or OperationCanceledException)
@@ -165,11 +182,11 @@ public static class MoeLayerRunner
         for (var i = 0; i < groups.Length; i++)
         {
             var answer = calls[i].Result.Answer;
-            if (answer is null)
-            {
-                continue;
-            }
             var g = groups[i];
+            if (answer is null || failed.Contains(g.Expert))
+            {
+                continue; // a failed expert (any of its replicas failed) contributes nothing; its weight went to the others
+            }
             var w = g.Weights;
             if (scale is not null)
             {

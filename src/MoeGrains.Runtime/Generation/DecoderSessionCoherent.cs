@@ -171,7 +171,11 @@ internal sealed class CoherentReplica(string model, ModelCatalog models, PluginC
                 }, cancellationToken);
                 Have[layer]++;
                 var routing = await grains.GetGrain<IRouterGrain>(ExpertKey.Layer(model, layer)).Route(nw, null, t.Router);
-                traces?.Record(model, layer, [RoutingTraces.TokenId(t.Session, t.Position)], routing);
+                if (traces?.Record(model, layer, [RoutingTraces.TokenId(t.Session, t.Position)], routing) is { } sampled)
+                {
+                    // Published like the default path's layer grain does, so the collector sees coherent sessions too.
+                    await traces.PublishAsync(services, sampled);
+                }
                 var top = routing.Experts.Take(routing.K).FirstOrDefault(e => e >= 0);
                 t = t with
                 {

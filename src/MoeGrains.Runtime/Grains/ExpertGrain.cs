@@ -27,7 +27,7 @@ namespace MoeGrains.Grains;
 [Reentrant]
 internal sealed partial class ExpertGrain(
     ModelCatalog models, PluginCatalog plugins, SiloDevice device, IServiceProvider services,
-    IOptions<TensorWireOptions> wire, IOptions<MoeGrainsOptions> options, ILogger<ExpertGrain> logger) : Grain, IExpertGrain
+    IOptions<TensorWireOptions> wire, IOptions<MoeGrainsOptions> options, ILogger<ExpertGrain> logger, ExpertTokenCounts? tokenCounts = null) : Grain, IExpertGrain
 {
     private IExpert? _expert;
     private ModelSpec? _spec;
@@ -208,6 +208,7 @@ internal sealed partial class ExpertGrain(
                 }
             }
             MoeGrainsMetrics.ExpertTokens.Add(offset);
+            tokenCounts?.Add(key, offset);
             MoeGrainsMetrics.ExpertComputeMs.Record(ms);
             MoeGrainsMetrics.ExpertBatchCalls.Record(members.Length);
         }

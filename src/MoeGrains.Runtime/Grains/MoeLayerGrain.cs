@@ -23,9 +23,13 @@ namespace MoeGrains.Grains;
 [Reentrant]
 internal sealed class MoeLayerGrain(
     ModelCatalog models, SiloDevice device, ExpertCircuitBreakers breakers, IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire,
-    LayerRequestCoalescer coalescer, RoutingTraceSink? traces = null)
+    LayerRequestCoalescer coalescer, RoutingTraceSink? traces = null, ExpertPlacementPlans? plans = null)
     : Grain, IMoeLayerGrain
 {
+    // Per layer (a counter shared by all layers would advance by the layer count per decoded token and keep sending a
+    // layer's single tokens to the same replica).
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<string, int> Rotations = new(StringComparer.Ordinal);
+
     public Task<MoeLayerResult> Forward(MoeLayerRequest request, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(request);
@@ -77,8 +81,7 @@ internal sealed class MoeLayerGrain(
             .Route(hidden, masked.Length == 0 ? null : [.. available.AsList()], request.Router);
         if (traces is not null && request.TokenIds is { } tokenIds && traces.Record(model, layer, tokenIds, routing) is { } sampled)
         {
-            await this.GetStreamProvider(traces.Options.StreamProvider)
-                .GetStream<RoutingSampleBatch>(StreamId.Create(RoutingTraces.StreamNamespace, model)).OnNextAsync(sampled);
+            await traces.PublishAsync(ServiceProvider, sampled);
         }
         var wireType = hidden.DType == TensorDType.Int8 ? wire.Value.HiddenDType : hidden.DType;
         var timeout = TimeSpan.FromMilliseconds(request.ExpertTimeoutMs > 0 ? request.ExpertTimeoutMs : options.Value.ExpertTimeoutMs);
@@ -86,17 +89,20 @@ internal sealed class MoeLayerGrain(
         MoeLayerOutput result;
         try
         {
-            result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, batch, ct) =>
+            // Hot-expert replication: a replicated expert's tokens are split over its replicas (the layer's rotation
+            // spreads single-token steps over them; the output does not depend on it).
+            var replicas = plans?.ReplicaCounts(model, layer);
+            result = await MoeLayerRunner.RunAsync(x, routing, spec.Experts, spec.DModel, async (e, r, batch, ct) =>
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(batch, wireType, wire.Value.MaxTensorBytes), ct);
-            var answer = await ExpertMoves.CallAsync(GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, e)), payload, ct);
+            var answer = await ExpertMoves.CallAsync(GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Replica(model, layer, e, r)), payload, ct);
             var remote = answer.Silo != here;
             var bytes = remote ? payload.WireBytes + answer.Output.WireBytes : 0;
             MoeGrainsMetrics.ExpertCalls.Add(1, new KeyValuePair<string, object?>("remote", remote));
             MoeGrainsMetrics.CrossSiloBytes.Add(bytes);
             var y = await lane.RunAsync(() => answer.Output.ToTensor(device.Device), ct);
             return new ExpertAnswer(y, answer.Silo, answer.ComputeMs, bytes);
-        }, request.KMin, timeout, cancellationToken, lane);
+        }, replicas, replicas is null ? 0 : Rotations.AddOrUpdate(this.GetPrimaryKeyString(), 1, (_, n) => n + 1), request.KMin, timeout, cancellationToken, lane);
         }
         catch (ExpertQuorumException e)
         {

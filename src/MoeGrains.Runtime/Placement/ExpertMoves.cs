@@ -30,6 +30,17 @@ public interface IPlacementAgentGrain : IGrainWithStringKey
 
     [Alias("remove")]
     Task<bool> Remove(string model);
+
+    /// <summary>Sets the model's hot-expert replication on this silo; returns the silo's plan version after the change.</summary>
+    [Alias("apply-replicas")]
+    Task<long> ApplyReplicas(string model, ReplicaPlacementMessage placement);
+
+    [Alias("remove-replicas")]
+    Task<bool> RemoveReplicas(string model);
+
+    /// <summary>Tokens the model's expert activations on this silo have computed, by grain key (<see cref="ExpertTokenCounts"/>).</summary>
+    [Alias("expert-tokens")]
+    Task<Dictionary<string, long>> ExpertTokens(string model);
 }
 
 /// <summary>
@@ -73,6 +84,28 @@ internal sealed class PlacementAgentGrain(IServiceProvider services) : Grain, IP
     }
 
     public Task<bool> Remove(string model) => Task.FromResult(Plans.Remove(model));
+
+    public Task<long> ApplyReplicas(string model, ReplicaPlacementMessage placement)
+    {
+        ArgumentNullException.ThrowIfNull(placement);
+        ReplicaPlacement replicas;
+        try
+        {
+            replicas = placement.ToPlacement();
+        }
+        catch (ArgumentException e)
+        {
+            throw new PlacementInfeasibleException($"Malformed replica placement for '{model}': {e.Message}");
+        }
+        var plans = Plans;
+        plans.ApplyReplicas(model, replicas);
+        return Task.FromResult(plans.Version);
+    }
+
+    public Task<bool> RemoveReplicas(string model) => Task.FromResult(Plans.RemoveReplicas(model));
+
+    public Task<Dictionary<string, long>> ExpertTokens(string model) =>
+        Task.FromResult(services.GetService<ExpertTokenCounts>()?.Snapshot(model) ?? []);
 }
 
 /// <summary>What applying a plan to a running cluster did.</summary>
@@ -124,24 +157,43 @@ public static class ExpertMoves
         ArgumentNullException.ThrowIfNull(grains);
         ArgumentNullException.ThrowIfNull(plan);
         var sw = System.Diagnostics.Stopwatch.StartNew();
-        var hosts = (await grains.GetGrain<IManagementGrain>(0).GetHosts(onlyActive: true)).Keys.ToArray();
-        var info = await grains.GetGrain<IClusterInfoGrain>(0).Silos();
-        var order = info.Any(s => s.IsGpu) ? info.Where(s => s.IsGpu).ToArray() : info;
-        if (order.Length != plan.Silos)
-        {
-            throw new PlacementInfeasibleException($"The plan is for {plan.Silos} silos; the cluster places experts on {order.Length}.");
-        }
+        var (hosts, order) = await SilosAsync(grains, plan.Silos);
         var message = PlacementPlanMessage.From(plan);
         await Task.WhenAll(hosts.Select(h => grains.GetGrain<IPlacementAgentGrain>(h.ToParsableString()).Apply(model, message)));
 
         var experts = plan.Layers.SelectMany(l => Enumerable.Range(0, plan.Experts).Select(e => (Layer: l, Expert: e))).ToArray();
+        var (moved, placed) = await PlaceAsync(grains,
+            [.. experts.Select(x => (ExpertKey.Expert(model, x.Layer, x.Expert), order[plan.SiloOf(x.Layer, x.Expert)!.Value].Silo))],
+            sw, sw.Elapsed + (timeout ?? TimeSpan.FromSeconds(60)), cancellationToken);
+        return new PlanMoveReport(hosts.Length, experts.Length, moved, placed, sw.Elapsed.TotalSeconds);
+    }
+
+    /// <summary>The silos experts are placed on, in the director's order (GPU silos if any, by address), checked against a plan's count.</summary>
+    internal static async Task<(SiloAddress[] Hosts, SiloDeviceInfo[] Order)> SilosAsync(IGrainFactory grains, int planned)
+    {
+        var hosts = (await grains.GetGrain<IManagementGrain>(0).GetHosts(onlyActive: true)).Keys.ToArray();
+        var info = await grains.GetGrain<IClusterInfoGrain>(0).Silos();
+        var order = info.Any(s => s.IsGpu) ? info.Where(s => s.IsGpu).ToArray() : info;
+        if (order.Length != planned)
+        {
+            throw new PlacementInfeasibleException($"The plan is for {planned} silos; the cluster places experts on {order.Length}.");
+        }
+        return (hosts, order);
+    }
+
+    /// <summary>
+    /// Activates (or moves) each expert grain of <paramref name="targets"/> (key, silo) until it answers from its silo:
+    /// one not there is asked to migrate when idle, and asked again now and then. Returns how many had to move and how
+    /// many were already there (or were activated there).
+    /// </summary>
+    internal static async Task<(int Moved, int Placed)> PlaceAsync(IGrainFactory grains, IReadOnlyList<(string Key, string Target)> targets,
+        System.Diagnostics.Stopwatch sw, TimeSpan limit, CancellationToken cancellationToken)
+    {
         var moved = 0;
         var placed = 0;
-        var limit = sw.Elapsed + (timeout ?? TimeSpan.FromSeconds(60));
-        foreach (var (layer, expert) in experts)
+        foreach (var (key, target) in targets)
         {
-            var grain = grains.GetGrain<IExpertGrain>(ExpertKey.Expert(model, layer, expert));
-            var target = order[plan.SiloOf(layer, expert)!.Value].Silo;
+            var grain = grains.GetGrain<IExpertGrain>(key);
             var first = true;
             var polls = 0;
             while (true)
@@ -155,7 +207,7 @@ public static class ExpertMoves
                 }
                 if (sw.Elapsed > limit)
                 {
-                    throw new TimeoutException($"Expert {ExpertKey.Expert(model, layer, expert)} is still on {at}, not {target}, after {sw.Elapsed.TotalSeconds:F0} s.");
+                    throw new TimeoutException($"Expert {key} is still on {at}, not {target}, after {sw.Elapsed.TotalSeconds:F0} s.");
                 }
                 cancellationToken.ThrowIfCancellationRequested();
                 if (first || ++polls % 20 == 0)
@@ -167,6 +219,6 @@ public static class ExpertMoves
                 await Task.Delay(50, cancellationToken);
             }
         }
-        return new PlanMoveReport(hosts.Length, experts.Length, moved, placed, sw.Elapsed.TotalSeconds);
+        return (moved, placed);
     }
 }

@@ -19,7 +19,8 @@ public sealed class ExpertPlacementAttribute() : PlacementAttribute(ExpertPlacem
 /// Chooses a silo for an expert: silos sorted by address (so every silo computes the same answer), GPU silos first
 /// when any are present, then the silo the current plan names (<see cref="IExpertPlacementPlans"/>, when one is
 /// registered and covers the expert), else <see cref="DefaultExpertPlacement"/> (spread in proportion to the silos'
-/// memory budgets; <c>(e + l) mod n</c> when they are equal). Keys that
+/// memory budgets; <c>(e + l) mod n</c> when they are equal). Replica keys (<see cref="ExpertKey.Replica"/>) go where the
+/// replication plan says, else r silos after their expert's default silo. Keys that
 /// are not expert keys, and keys naming a model, layer or expert that does not exist, are refused before any activation.
 /// </summary>
 internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.SiloMetadata.ISiloMetadataCache metadata, Models.ModelCatalog models,
@@ -34,15 +35,16 @@ internal sealed class ExpertPlacementDirector(Orleans.Runtime.MembershipService.
             silos = gpus;
         }
         // Unknown models, layers and experts are refused here, before any activation is created.
-        var (model, layer, expert) = ExpertKey.ParseExpert(target.GrainIdentity.Key.ToString() ?? "");
+        var (model, layer, expert, replica) = ExpertKey.ParseReplica(target.GrainIdentity.Key.ToString() ?? "");
         models.Check(model, layer, expert);
-        var planned = plans?.SiloIndex(model, layer, expert, silos.Length);
+        var planned = replica == 0 ? plans?.SiloIndex(model, layer, expert, silos.Length) : plans?.ReplicaSiloIndex(model, layer, expert, replica, silos.Length);
         if (planned is int i && i >= 0 && i < silos.Length)
         {
             return Task.FromResult(silos[i]);
         }
         var experts = models.Get(model).Experts;
-        return Task.FromResult(silos[DefaultExpertPlacement.SiloIndex(layer, expert, experts, silos.Select(Budget).ToArray())]);
+        // Without a plan, replica r goes r silos after the expert's own.
+        return Task.FromResult(silos[(DefaultExpertPlacement.SiloIndex(layer, expert, experts, silos.Select(Budget).ToArray()) + replica) % silos.Length]);
     }
 
     private long Budget(SiloAddress silo) =>

@@ -12,6 +12,9 @@ namespace MoeGrains.Placement
     {
         /// <summary>The silo index of an expert under the current plan, or null to place it the default way.</summary>
         int? SiloIndex(string model, int layer, int expert, int silos);
+
+        /// <summary>The silo index of replica <paramref name="replica"/> (&gt; 0) of an expert, or null to place it the default way.</summary>
+        int? ReplicaSiloIndex(string model, int layer, int expert, int replica, int silos) => null;
     }
 
     /// <summary>
@@ -59,6 +62,44 @@ namespace MoeGrains.Placement
 
         public PlacementPlan? Current(string model) => _plans.GetValueOrDefault(model);
 
+        private Dictionary<string, ReplicaPlacement> _replicas = new(StringComparer.Ordinal);
+
+        /// <summary>
+        /// Sets the model's hot-expert replication: layers split a replicated expert's tokens over its replicas
+        /// (<see cref="ReplicaCounts"/>), and the director places replica r where <paramref name="placement"/> says.
+        /// </summary>
+        public void ApplyReplicas(string model, ReplicaPlacement placement)
+        {
+            ArgumentException.ThrowIfNullOrWhiteSpace(model);
+            ArgumentNullException.ThrowIfNull(placement);
+            lock (_lock)
+            {
+                _replicas = new Dictionary<string, ReplicaPlacement>(_replicas, StringComparer.Ordinal) { [model] = placement };
+                Version++;
+            }
+        }
+
+        /// <summary>Stops replicating the model's experts (layers call replica 0 only again).</summary>
+        public bool RemoveReplicas(string model)
+        {
+            lock (_lock)
+            {
+                var next = new Dictionary<string, ReplicaPlacement>(_replicas, StringComparer.Ordinal);
+                if (!next.Remove(model)) return false;
+                _replicas = next;
+                Version++;
+                return true;
+            }
+        }
+
+        public ReplicaPlacement? CurrentReplicas(string model) => _replicas.GetValueOrDefault(model);
+
+        /// <summary>How many replicas each expert of a layer has, or null when the layer is not replicated.</summary>
+        public int[]? ReplicaCounts(string model, int layer) => _replicas.TryGetValue(model, out var r) ? r.Counts(layer) : null;
+
+        public int? ReplicaSiloIndex(string model, int layer, int expert, int replica, int silos) =>
+            _replicas.TryGetValue(model, out var r) && r.Silos == silos ? r.SiloOf(layer, expert, replica) : null;
+
         public int? SiloIndex(string model, int layer, int expert, int silos) =>
             _plans.TryGetValue(model, out var plan) && plan.Silos == silos ? plan.SiloOf(layer, expert) : null;
     }
@@ -87,6 +128,7 @@ namespace MoeGrains.Hosting
                 return plans;
             });
             builder.Services.TryAddSingleton<IExpertPlacementPlans>(sp => sp.GetRequiredService<ExpertPlacementPlans>());
+            builder.Services.TryAddSingleton<ExpertTokenCounts>();
             return builder;
         }
     }

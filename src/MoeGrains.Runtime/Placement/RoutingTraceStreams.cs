@@ -129,6 +129,18 @@ namespace MoeGrains.Placement
             return batch;
         }
 
+        /// <summary>
+        /// Publishes sampled routes on the routes stream (namespace <see cref="RoutingTraces.StreamNamespace"/>, key =
+        /// model) through this silo's provider; call it from a grain's turn.
+        /// </summary>
+        public Task PublishAsync(IServiceProvider services, RoutingSampleBatch batch)
+        {
+            ArgumentNullException.ThrowIfNull(services);
+            ArgumentNullException.ThrowIfNull(batch);
+            return services.GetRequiredKeyedService<IStreamProvider>(Options.StreamProvider)
+                .GetStream<RoutingSampleBatch>(StreamId.Create(RoutingTraces.StreamNamespace, batch.Model)).OnNextAsync(batch);
+        }
+
         /// <summary>Adds a published batch to a recorder (unused slots, expert -1, are left out).</summary>
         internal static void Add(RoutingTraceRecorder recorder, RoutingSampleBatch batch)
         {

@@ -1,28 +1,20 @@
 using MoeGrains.Contracts;
 using MoeGrains.Dispatch;
-using MoeGrains.Hosting;
 using MoeGrains.Placement;
 using MoeGrains.Tests.Infrastructure;
 using static TorchSharp.torch;
 
 namespace MoeGrains.Tests.Placement;
 
-public sealed class ExpertMoveTests
+[Collection(PlacementClusterCollection.Name)]
+public sealed class ExpertMoveTests(PlacementClusterFixture fixture)
 {
     [Fact]
     public async Task Moving_experts_under_load_loses_no_request()
     {
-        using var dir = TestPaths.Temp();
-        var checkpoint = dir.File("tiny.safetensors");
-        var spec = TinyModel.Create(checkpoint, layers: 1, experts: 8);
-        await using var cluster = await LocalCluster.StartAsync(2, (_, silo) => silo
-            .AddMoeGrains(o =>
-            {
-                o.Device = "cpu";
-                o.Models["tiny"] = checkpoint;
-                o.ExpertTimeoutMs = 30_000;
-            })
-            .AddExpertPlugins(TestPaths.Plugins));
+        var checkpoint = fixture.CheckpointPath;
+        var spec = fixture.Spec;
+        var cluster = fixture.Cluster;
         var grains = cluster.GrainFactory;
         var info = grains.GetGrain<IClusterInfoGrain>(0);
         var silos = await info.Silos();
@@ -33,16 +25,16 @@ public sealed class ExpertMoveTests
         }
         Assert.Equal(2, silos.Length);
         async Task<string[]> Where() =>
-            await Task.WhenAll(Enumerable.Range(0, 8).Select(async e => (await grains.GetGrain<IExpertGrain>(ExpertKey.Expert("tiny", 0, e)).Describe()).Silo));
+            await Task.WhenAll(Enumerable.Range(0, 8).Select(async e => (await grains.GetGrain<IExpertGrain>(ExpertKey.Expert("moving", 0, e)).Describe()).Silo));
         var before = await Where();
         for (var e = 0; e < 8; e++) Assert.Equal(silos[e % 2].Silo, before[e]); // default: round-robin
 
         manual_seed(3);
         using var hidden = randn(16, spec.DModel);
-        using var local = new LocalMoeModel(TinyModel.BuiltIn(), checkpoint, TinyModel.Services, name: "tiny");
+        using var local = new LocalMoeModel(TinyModel.BuiltIn(), checkpoint, TinyModel.Services, name: "moving");
         using var expected = await local.ForwardLayerAsync(0, hidden);
         var request = new MoeLayerRequest(WireTensor.FromTensor(hidden));
-        var layer = grains.GetGrain<IMoeLayerGrain>(ExpertKey.Layer("tiny", 0));
+        var layer = grains.GetGrain<IMoeLayerGrain>(ExpertKey.Layer("moving", 0));
 
         // Four clients send layer steps back to back while the plan moves six of the eight experts.
         using var stop = new CancellationTokenSource();
@@ -71,7 +63,7 @@ public sealed class ExpertMoveTests
         var clients = Enumerable.Range(0, 4).Select(_ => Task.Run(Client)).ToArray();
         while (Volatile.Read(ref done) < 8) await Task.Delay(20);
         var plan = new PlacementPlan([0], 8, 2, [1, 0, 1, 0, 1, 0, 0, 1]);
-        var report = await ExpertMoves.ApplyAsync(grains, "tiny", plan, TimeSpan.FromSeconds(90));
+        var report = await ExpertMoves.ApplyAsync(grains, "moving", plan, TimeSpan.FromSeconds(90));
         var duringMove = Volatile.Read(ref done);
         while (Volatile.Read(ref done) < duringMove + 8) await Task.Delay(20);
         stop.Cancel();
@@ -85,6 +77,6 @@ public sealed class ExpertMoveTests
         for (var e = 0; e < 8; e++) Assert.Equal(silos[plan.SiloOf(0, e)!.Value].Silo, after[e]);
         // New activations follow the plan too (it reached every silo).
         var plans = cluster.Silos.Select(s => (ExpertPlacementPlans)s.Services.GetService(typeof(ExpertPlacementPlans))!).ToArray();
-        Assert.All(plans, p => Assert.Equal(1, p.SiloIndex("tiny", 0, 0, 2)));
+        Assert.All(plans, p => Assert.Equal(1, p.SiloIndex("moving", 0, 0, 2)));
     }
 }

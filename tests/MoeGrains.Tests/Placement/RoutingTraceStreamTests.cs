@@ -62,6 +62,29 @@ public sealed class RoutingTraceStreamTests
         var fromRoutes = RoutingTrace.FromTokenRoutes(routes, 4);
         Assert.Equal(fromRoutes.Transitions.Select(t => t.Counts), counts.Transitions.Select(t => t.Counts));
         Assert.Equal(local.Count * 2 * 4, counts.Total); // 2 transitions x 2 x 2 expert pairs per token
+
+        // A context-coherent session publishes its decoded tokens' routes on the stream too (recorded on whichever silo
+        // ran each block): the collector gets every sampled token's complete route.
+        var coherentKey = IDecoderSessionGrain.Key("lm", "c1");
+        var coherent = cluster.GrainFactory.GetGrain<ICoherentDecoderSessionGrain>(coherentKey);
+        var cstep = await coherent.Append([.. prompt.Select(t => (long)t)], null);
+        var positions = Enumerable.Range(prompt.Length, 16).ToArray();
+        foreach (var _ in positions)
+        {
+            cstep = await coherent.Append([Array.IndexOf(cstep.Logits, cstep.Logits.Max())], null);
+        }
+        await coherent.Close();
+        var decoded = positions.Select(p => RoutingTraces.TokenId(coherentKey, p)).Where(sink.Recorder("lm").IsSampled).ToHashSet();
+        Assert.NotEmpty(decoded);
+        IReadOnlyList<TokenRoute> collected = [];
+        for (var wait = 0; wait < 200; wait++)
+        {
+            collected = TokenRouteFile.Read(new StringReader((await collector.Export()).RoutesCsv), "routes.csv");
+            if (decoded.All(t => collected.Any(r => r.Token == t && r.Layers.Count == 3))) break;
+            await Task.Delay(50);
+        }
+        Assert.All(decoded, t => Assert.Equal([0, 1, 2], collected.Single(r => r.Token == t).Layers.Select(l => l.Layer).ToArray()));
+        Assert.True(collected.Count >= local.Count + decoded.Count, $"{collected.Count} routes collected"); // s1's and c1's
     }
 
     [Fact]
