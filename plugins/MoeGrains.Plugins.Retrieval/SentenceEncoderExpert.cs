@@ -65,8 +65,12 @@ public abstract class SentenceEncoderExpert : IRetrieverExpert
                 encoded[j].CopyTo(vectors, batch[j] * DIM);
             }
         }
-        return tensor(vectors, [prepared.Length, DIM]).to(_device);
+        using var scope = NewDisposeScope();
+        return Transform(tensor(vectors, [prepared.Length, DIM]).to(_device), role).MoveToOuterDisposeScope();
     }
+
+    /// <summary>What a subclass does to the encoder's embeddings <c>[n, 384]</c> (an adapter maps its queries); nothing by default.</summary>
+    protected virtual Tensor Transform(Tensor embeddings, EncodeRole role) => embeddings;
 
     internal static string Truncate(string text, int maxWords)
     {
@@ -77,7 +81,13 @@ public abstract class SentenceEncoderExpert : IRetrieverExpert
     public void Dispose()
     {
         _owner.Dispose();
+        DisposeCore();
         GC.SuppressFinalize(this);
+    }
+
+    /// <summary>Releases what a subclass holds.</summary>
+    protected virtual void DisposeCore()
+    {
     }
 }
 

@@ -32,9 +32,11 @@ internal static class RetrievalCommands
         var cache = new Option<string?>("--cache") { Description = "Embedding cache folder (default MOEGRAINS_CACHE or ~/.cache/moegrains)" };
         var noCache = new Option<bool>("--no-cache") { Description = "Encode everything again, and store nothing" };
         var adapters = new Option<string?>("--adapters") { Description = "Train one domain expert per collection (a linear query adapter, InfoNCE on titles or first sentences against documents) on this embedding expert, e.g. minilm" };
-        var command = new Command("retrieval", "nDCG@10 and recall@100 of each retriever expert, uniform fusion, the pilot-embedding router and the oracle, per collection and macro-averaged")
+        var adapterDir = new Option<string?>("--adapter-dir") { Description = "Where the trained adapters are saved (adapter-<collection>.safetensors; default <checkpoints>/retrieval-adapters), or read from with --load-adapters" };
+        var loadAdapters = new Option<bool>("--load-adapters") { Description = "Read the adapters from --adapter-dir instead of training them" };
+        var command = new Command("retrieval", "nDCG@10 and recall@100 of each retriever expert, uniform fusion, the routers and the oracle, per collection and macro-averaged")
         {
-            collections, json, experts, router, folds, seed, maxWords, cache, noCache, adapters,
+            collections, json, experts, router, folds, seed, maxWords, cache, noCache, adapters, adapterDir, loadAdapters,
         };
         command.SetAction((parse, ct) =>
         {
@@ -78,7 +80,13 @@ internal static class RetrievalCommands
                     Cache = parse.GetValue(noCache) ? null : new EmbeddingCache(parse.GetValue(cache) is { Length: > 0 } c ? c : EmbeddingCache.DefaultFolder),
                     EmbeddingVariant = $"max_words={words}",
                     AdapterBase = parse.GetValue(adapters) is { Length: > 0 } a ? a : null,
+                    AdapterFolder = parse.GetValue(adapterDir) is { Length: > 0 } d ? d : DefaultAdapterFolder,
+                    LoadAdapters = parse.GetValue(loadAdapters),
                 };
+                if (options.LoadAdapters && options.AdapterBase is null)
+                {
+                    throw new ArgumentException("--load-adapters needs --adapters BASE (the expert they were trained on, e.g. minilm).");
+                }
                 var sw = Stopwatch.StartNew();
                 var report = new RetrievalBenchmark(created, options).Run(loaded, Log);
                 if (quiet)
@@ -91,7 +99,7 @@ internal static class RetrievalCommands
                 }
                 return Task.FromResult(0);
             }
-            catch (Exception e) when (e is MoeGrains.Contracts.MoeGrainsException or ArgumentException or InvalidOperationException)
+            catch (Exception e) when (e is MoeGrains.Contracts.MoeGrainsException or ArgumentException or InvalidOperationException or IOException)
             {
                 Console.Error.WriteLine(e.Message);
                 return Task.FromResult(2);
@@ -106,6 +114,43 @@ internal static class RetrievalCommands
         });
         return command;
     }
+
+    /// <summary>Where <c>moe eval retrieval --adapters</c> saves the trained domain adapters, and <c>moe retrieve</c> finds them.</summary>
+    public static string DefaultAdapterFolder => Path.Combine(CliPaths.Checkpoints, "retrieval-adapters");
+
+    /// <summary>
+    /// Creates the experts named: plugins, or trained adapters (<c>adapter-*</c>, from <paramref name="adapters"/>) on
+    /// their base expert, which shares its cached document embeddings; a base not named is created into <paramref name="extra"/>.
+    /// </summary>
+    internal static void CreateExperts(PluginCatalog catalog, IReadOnlyList<string> names, IReadOnlyDictionary<string, string> settings, string adapters,
+        Dictionary<string, IRetrieverExpert> created, List<IRetrieverExpert> extra)
+    {
+        IRetrieverExpert Plugin(string name) => catalog.Create<IRetrieverExpert>(name, PluginKind.RetrieverExpert,
+            new PluginContext { Id = $"retrieval/{name}", Device = CPU, Settings = settings }, CliServices.Provider);
+        foreach (var name in names.Where(n => !IsAdapter(catalog, n)))
+        {
+            created[name] = Plugin(name);
+        }
+        foreach (var name in names.Where(n => IsAdapter(catalog, n)))
+        {
+            var path = LinearAdapterExpert.FileFor(adapters, name);
+            var (weight, metadata) = LinearAdapterExpert.ReadFile(path);
+            weight.Dispose();
+            var baseName = metadata[LinearAdapterExpert.BASE_KEY];
+            if (!created.TryGetValue(baseName, out var baseExpert))
+            {
+                baseExpert = extra.FirstOrDefault(e => e.Descriptor.Name == baseName);
+                if (baseExpert is null)
+                {
+                    baseExpert = Plugin(baseName);
+                    extra.Add(baseExpert);
+                }
+            }
+            created[name] = LinearAdapterExpert.Load(path, baseExpert, name);
+        }
+    }
+
+    private static bool IsAdapter(PluginCatalog catalog, string name) => !catalog.TryGet(name, out _) && name.StartsWith("adapter-", StringComparison.Ordinal);
 
     /// <summary>Folders as given; a bare name is looked up under the data folder's <c>ir/</c>.</summary>
     internal static IEnumerable<string> Resolve(IReadOnlyList<string> given)

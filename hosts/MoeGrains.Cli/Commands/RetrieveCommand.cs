@@ -25,9 +25,12 @@ internal static class RetrieveCommand
         var maxWords = new Option<int>("--max-words") { Description = "Words of each text the sentence encoders read (64 matches the README's evaluation, and its embedding cache)", DefaultValueFactory = _ => 64 };
         var cache = new Option<string?>("--cache") { Description = "Embedding cache folder (default MOEGRAINS_CACHE or ~/.cache/moegrains)" };
         var json = new Option<bool>("--json") { Description = "Print one JSON object" };
-        var command = new Command("retrieve", "Route a query to the best retriever expert (pilot-embedding router built from the collection's judged queries) and print the top documents")
+        var routerName = new Option<string>("--router") { Description = $"The router: {string.Join(", ", QueryRouter.Names)}", DefaultValueFactory = _ => QueryRouter.Name(QueryRouter.DEFAULT) };
+        var pilots = new Option<string?>("--pilot-collections") { Description = "Other collections (folders or names under <data>/ir) whose judged queries also train the router, comma-separated" };
+        var adapterDir = new Option<string?>("--adapter-dir") { Description = "Folder of trained adapters (adapter-<collection>.safetensors), for experts named adapter-* (default <checkpoints>/retrieval-adapters)" };
+        var command = new Command("retrieve", "Route a query to the best retriever expert, or mix them (routers trained on the collection's judged queries), and print the top documents")
         {
-            query, collection, k, expert, experts, router, maxWords, cache, json,
+            query, collection, k, expert, experts, router, maxWords, cache, json, routerName, pilots, adapterDir,
         };
         command.SetAction((parse, ct) =>
         {
@@ -39,8 +42,10 @@ internal static class RetrieveCommand
             }
             var names = parse.GetValue(experts)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             var created = new Dictionary<string, IRetrieverExpert>(StringComparer.Ordinal);
+            var extra = new List<IRetrieverExpert>();
             try
             {
+                var kind = RetrievalFlow.ParseRouter(parse.GetValue(routerName), "router");
                 var request = new RetrievalRequest(parse.GetValue(query) ?? "", parse.GetValue(k), parse.GetValue(expert));
                 var routerEncoder = parse.GetValue(router)!;
                 RetrievalFlow.Validate(request, names, MAX_K, 8192);
@@ -51,23 +56,30 @@ internal static class RetrieveCommand
                 var folder = RetrievalCommands.Resolve([parse.GetValue(collection)!]).Single();
                 var loaded = RetrievalCollection.Load(folder);
                 var words = parse.GetValue(maxWords);
+                var settings = new Dictionary<string, string> { ["max_words"] = words.ToString(CultureInfo.InvariantCulture) };
                 var catalog = PluginCatalog.Load(CliPaths.Plugins);
-                foreach (var name in names)
-                {
-                    var context = new PluginContext
-                    {
-                        Id = $"retrieval/{name}",
-                        Device = CPU,
-                        Settings = new Dictionary<string, string> { ["max_words"] = words.ToString(CultureInfo.InvariantCulture) },
-                    };
-                    created[name] = catalog.Create<IRetrieverExpert>(name, PluginKind.RetrieverExpert, context, CliServices.Provider);
-                }
+                var adapters = parse.GetValue(adapterDir) is { Length: > 0 } dir ? dir : RetrievalCommands.DefaultAdapterFolder;
+                RetrievalCommands.CreateExperts(catalog, names, settings, adapters, created, extra);
                 var cacheFolder = new EmbeddingCache(parse.GetValue(cache) is { Length: > 0 } c ? c : EmbeddingCache.DefaultFolder);
-                using var backend = new InProcessRetrieval(loaded, created, cacheFolder, $"max_words={words}", Log);
-                var flow = new RetrievalFlow(loaded, names, routerEncoder, backend);
+                var variant = $"max_words={words}";
+                var otherFolders = (parse.GetValue(pilots) ?? "").Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+                var others = RetrievalCommands.Resolve(otherFolders).Select(f => RetrievalCollection.Load(f)).Where(o => o.Name != loaded.Name).ToList();
+                using var backend = new InProcessRetrieval(loaded, created, cacheFolder, variant, Log);
+                Func<Task<IReadOnlyList<PilotQuery>>>? otherDomains = others.Count == 0 ? null : async () =>
+                {
+                    var all = new List<PilotQuery>();
+                    foreach (var other in others)
+                    {
+                        Log($"{other.Name}: pilot queries from its {other.JudgedQueries.Count} judged queries");
+                        using var otherBackend = new InProcessRetrieval(other, created, cacheFolder, variant, Log);
+                        all.AddRange(await new RetrievalFlow(other, names, routerEncoder, otherBackend).OwnPilotQueries());
+                    }
+                    return all;
+                };
+                var flow = new RetrievalFlow(loaded, names, routerEncoder, backend, router: kind, otherDomains: otherDomains);
                 if (request.Expert is null)
                 {
-                    Log($"{loaded.Name}: building the router's pilots from {Math.Min(loaded.JudgedQueries.Count, 1000)} judged queries");
+                    Log($"{loaded.Name}: router {QueryRouter.Name(kind)}, pilots from {Math.Min(loaded.JudgedQueries.Count, 1000)} judged queries" + (others.Count > 0 ? $" and those of {string.Join(", ", others.Select(o => o.Name))}" : ""));
                 }
                 var result = flow.Search(request).GetAwaiter().GetResult();
                 if (quiet)
@@ -87,7 +99,7 @@ internal static class RetrieveCommand
             }
             finally
             {
-                foreach (var e in created.Values)
+                foreach (var e in created.Values.Concat(extra))
                 {
                     e.Dispose();
                 }
@@ -108,7 +120,13 @@ internal static class RetrieveCommand
         collection = result.Collection,
         expert = result.Expert,
         routed = result.Routed,
-        router = result.Routed ? new { pilot_queries = pilotQueries, mean_similarity = result.Experts.Zip(result.RouterScores).ToDictionary(p => p.First, p => float.IsFinite(p.Second) ? Math.Round(p.Second, 4) : (double?)null) } : null,
+        router = result.Routed ? new
+        {
+            name = result.Router,
+            pilot_queries = pilotQueries,
+            similarity = result.Experts.Zip(result.RouterScores).ToDictionary(p => p.First, p => float.IsFinite(p.Second) ? Math.Round(p.Second, 4) : (double?)null),
+            weights = result.Weights is { } w ? result.Experts.Zip(w).ToDictionary(p => p.First, p => Math.Round(p.Second, 4)) : null,
+        } : null,
         hits = result.Hits.Select((h, i) => new { rank = i + 1, id = h.Id, score = Math.Round(h.Score, 4), title = h.Title, first_words = FirstWords(h.Text, 20) }),
     };
 
@@ -117,7 +135,11 @@ internal static class RetrieveCommand
         if (result.Routed)
         {
             var scores = string.Join(", ", result.Experts.Zip(result.RouterScores).Select(p => float.IsFinite(p.Second) ? $"{p.First} {p.Second:F3}" : $"{p.First} (no pilot)"));
-            AnsiConsole.MarkupLine($"routed to [bold]{Markup.Escape(result.Expert)}[/] (mean pilot similarity: {Markup.Escape(scores)}; pilots from {pilotQueries} judged queries)");
+            var weights = result.Weights is { } w && result.Expert == result.Router
+                ? "; weights " + string.Join(", ", result.Experts.Zip(w).Select(p => $"{p.First} {p.Second:F3}"))
+                : "";
+            var what = result.Expert == result.Router ? "mixed by" : $"routed to [bold]{Markup.Escape(result.Expert)}[/] by";
+            AnsiConsole.MarkupLine($"{what} router [bold]{Markup.Escape(result.Router)}[/] (pilot similarity: {Markup.Escape(scores)}{Markup.Escape(weights)}; pilots from {pilotQueries} judged queries)");
         }
         else
         {

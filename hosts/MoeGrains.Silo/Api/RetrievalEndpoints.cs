@@ -95,7 +95,10 @@ public static class RetrievalEndpoints
         }
     }
 
-    /// <summary>Body: <c>{"collection": "med", "query": "...", "k": 10, "expert": "minilm"}</c> (k default 10, expert optional: routed when absent).</summary>
+    /// <summary>
+    /// Body: <c>{"collection": "med", "query": "...", "k": 10, "expert": "minilm", "router": "domain-pilots"}</c> (k
+    /// default 10; expert optional: routed when absent; router optional: the silo's configured router when absent).
+    /// </summary>
     private static async Task<IResult> Search(HttpRequest http, IGrainFactory grains)
     {
         try
@@ -116,13 +119,16 @@ public static class RetrievalEndpoints
             {
                 throw new RetrievalRequestException("k", $"\"k\" must be an integer, got {kValue.GetRawText()}.");
             }
-            var result = await grains.GetGrain<IRetrievalGrain>(collection).Search(new RetrievalRequest(query.GetString()!, k, OptionalString(root, "expert")));
+            var result = await grains.GetGrain<IRetrievalGrain>(collection).Search(
+                new RetrievalRequest(query.GetString()!, k, OptionalString(root, "expert"), OptionalString(root, "router")));
             return Results.Ok(new
             {
                 collection = result.Collection,
                 expert = result.Expert,
                 routed = result.Routed,
                 router = result.Routed ? result.Experts.Zip(result.RouterScores).ToDictionary(p => p.First, p => float.IsFinite(p.Second) ? p.Second : (float?)null) : null,
+                router_name = result.Routed ? result.Router : null,
+                router_weights = result.Routed && result.Weights is { } w ? result.Experts.Zip(w).ToDictionary(p => p.First, p => p.Second) : null,
                 hits = result.Hits.Select((h, i) => new { rank = i + 1, id = h.Id, score = h.Score, title = h.Title, text = h.Text }),
                 shard_silos = result.ShardSilos,
             });

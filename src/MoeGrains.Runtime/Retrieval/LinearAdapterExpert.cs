@@ -1,3 +1,6 @@
+using System.Globalization;
+using MoeGrains.Checkpoints;
+using MoeGrains.Contracts;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -108,6 +111,92 @@ public sealed class LinearAdapterExpert : IRetrieverExpert
             lastLoss = total / Math.Max(batches, 1);
         }
         return (weight.detach().clone().DetachFromDisposeScope(), lastLoss);
+    }
+
+    /// <summary>The adapter file's tensor: the query map <c>[dim, dim]</c>, float32.</summary>
+    public const string WEIGHT_NAME = "query_map";
+
+    /// <summary>Metadata of an adapter file: what it is, its base expert, the plugin that serves it and its domain.</summary>
+    public const string KIND_KEY = "moegrains.kind";
+    public const string KIND = "retrieval-adapter";
+    public const string BASE_KEY = "base";
+    public const string PLUGIN_KEY = "plugin";
+    public const string DOMAIN_KEY = "domain";
+
+    /// <summary>The file an adapter named <paramref name="name"/> is saved as in <paramref name="folder"/>.</summary>
+    public static string FileFor(string folder, string name) => Path.Combine(folder, name + ".safetensors");
+
+    /// <summary>
+    /// Saves the query map as safetensors (with its SHA-256), with metadata naming the base expert, the plugin that
+    /// serves it (<c>{base}-adapter</c>) and the domain, plus <paramref name="extra"/> (how it was trained).
+    /// </summary>
+    public void Save(string path, string domain, IReadOnlyDictionary<string, string>? extra = null)
+    {
+        ArgumentException.ThrowIfNullOrWhiteSpace(path);
+        var metadata = new Dictionary<string, string>(extra ?? new Dictionary<string, string>())
+        {
+            [KIND_KEY] = KIND,
+            [BASE_KEY] = Base.Descriptor.Name,
+            [PLUGIN_KEY] = Base.Descriptor.Name + "-adapter",
+            [DOMAIN_KEY] = domain,
+            ["name"] = Descriptor.Name,
+            ["dim"] = Descriptor.OutputDim.ToString(CultureInfo.InvariantCulture),
+        };
+        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
+        var temp = path + $".{Environment.ProcessId}.tmp";
+        SafeTensorsFile.Write(temp, [new KeyValuePair<string, Tensor>(WEIGHT_NAME, _weight)], metadata);
+        File.Move(temp, path, overwrite: true);
+    }
+
+    /// <summary>
+    /// Reads and validates an adapter file: a safetensors file (header, offsets, checksum) marked as a retrieval
+    /// adapter, whose one tensor is a finite float32 <c>[dim, dim]</c> query map. Returns the map and the metadata.
+    /// </summary>
+    /// <exception cref="CheckpointException">The file is missing, malformed, not an adapter, or its map is unusable (the message names the file).</exception>
+    public static (Tensor Weight, IReadOnlyDictionary<string, string> Metadata) ReadFile(string path, int? expectedDim = null)
+    {
+        var file = SafeTensorsFile.Open(path);
+        if (!file.Metadata.TryGetValue(KIND_KEY, out var kind) || kind != KIND)
+        {
+            throw new CheckpointException($"'{path}' is not a retrieval adapter (metadata '{KIND_KEY}' is '{kind ?? "missing"}', expected '{KIND}').");
+        }
+        if (!file.Metadata.TryGetValue(BASE_KEY, out var baseName) || baseName.Length == 0)
+        {
+            throw new CheckpointException($"Adapter '{path}' does not name its base expert (metadata '{BASE_KEY}').");
+        }
+        if (!file.Tensors.TryGetValue(WEIGHT_NAME, out var entry))
+        {
+            throw new CheckpointException($"Adapter '{path}' has no tensor '{WEIGHT_NAME}'.");
+        }
+        if (entry.DType != "F32" || entry.Shape.Length != 2 || entry.Shape[0] != entry.Shape[1] || entry.Shape[0] < 1
+            || (expectedDim is { } dim && entry.Shape[0] != dim))
+        {
+            throw new CheckpointException($"Adapter '{path}': '{WEIGHT_NAME}' is {entry.DType} [{string.Join(", ", entry.Shape)}], expected F32 [{expectedDim?.ToString(CultureInfo.InvariantCulture) ?? "d"}, {expectedDim?.ToString(CultureInfo.InvariantCulture) ?? "d"}].");
+        }
+        var weight = file.Load(WEIGHT_NAME);
+        if (!weight.isfinite().all().item<bool>())
+        {
+            weight.Dispose();
+            throw new CheckpointException($"Adapter '{path}': '{WEIGHT_NAME}' holds NaN or infinite values.");
+        }
+        return (weight, file.Metadata);
+    }
+
+    /// <summary>Loads a saved adapter onto <paramref name="baseExpert"/>, which must be the base it was trained on.</summary>
+    /// <exception cref="CheckpointException">The file is unusable, or was trained on another base or dimension.</exception>
+    public static LinearAdapterExpert Load(string path, IRetrieverExpert baseExpert, string? name = null)
+    {
+        ArgumentNullException.ThrowIfNull(baseExpert);
+        var (weight, metadata) = ReadFile(path, baseExpert.Descriptor.OutputDim);
+        if (metadata[BASE_KEY] != baseExpert.Descriptor.Name)
+        {
+            weight.Dispose();
+            throw new CheckpointException($"Adapter '{path}' was trained on '{metadata[BASE_KEY]}', not on '{baseExpert.Descriptor.Name}'.");
+        }
+        using (weight)
+        {
+            return new LinearAdapterExpert(name ?? (metadata.TryGetValue("name", out var n) ? n : Path.GetFileNameWithoutExtension(path)), baseExpert, weight);
+        }
     }
 
     /// <summary>A document's pseudo-query: its title, else its first sentence; at most 32 words.</summary>

@@ -113,6 +113,29 @@ public sealed class PilotEmbeddingRouter
         return [.. Enumerable.Range(0, (int)perExpert.shape[0]).Select(q => values.AsSpan(q * Experts.Count, Experts.Count).ToArray())];
     }
 
+    /// <summary>Each query's similarity to each expert's nearest pilot <c>[queries][experts]</c> (−∞ for an expert without pilots).</summary>
+    public float[][] ExpertMaxSimilarities(Tensor queryEmbeddings)
+    {
+        ArgumentNullException.ThrowIfNull(queryEmbeddings);
+        if (_pilots is null)
+        {
+            throw new InvalidOperationException("Call Fit before ExpertMaxSimilarities.");
+        }
+        using var scope = NewDisposeScope();
+        var similarity = queryEmbeddings.to_type(ScalarType.Float32).matmul(_pilots.t()).contiguous();
+        var values = similarity.data<float>().ToArray();
+        var pilots = _pilotExperts.Length;
+        return [.. Enumerable.Range(0, (int)similarity.shape[0]).Select(q =>
+        {
+            var best = Enumerable.Repeat(float.NegativeInfinity, Experts.Count).ToArray();
+            for (var p = 0; p < pilots; p++)
+            {
+                best[_pilotExperts[p]] = Math.Max(best[_pilotExperts[p]], values[q * pilots + p]);
+            }
+            return best;
+        })];
+    }
+
     private Tensor MeanPerExpert(Tensor similarity)
     {
         var perExpert = full(similarity.shape[0], Experts.Count, float.NegativeInfinity);

@@ -34,6 +34,12 @@ public sealed class RetrievalBenchmarkOptions
     public string? AdapterBase { get; set; }
 
     public AdapterTrainingOptions AdapterTraining { get; set; } = new();
+
+    /// <summary>Where the domain adapters are saved after training (<c>adapter-{collection}.safetensors</c>), or read from with <see cref="LoadAdapters"/>; <c>null</c>: not saved.</summary>
+    public string? AdapterFolder { get; set; }
+
+    /// <summary>Read the adapters from <see cref="AdapterFolder"/> instead of training them.</summary>
+    public bool LoadAdapters { get; set; }
 }
 
 /// <summary>nDCG@10 and recall@100 of one system, on one collection or averaged.</summary>
@@ -44,7 +50,7 @@ public sealed record CollectionScores(string Name, int Documents, int Queries, I
 
 /// <summary>What <see cref="RetrievalBenchmark.Run"/> measured: per collection, the macro average, and how the routers were trained.</summary>
 public sealed record RetrievalReport(IReadOnlyList<CollectionScores> Collections, IReadOnlyList<SystemScore> Macro, string Split,
-    IReadOnlyDictionary<string, IReadOnlyDictionary<string, int>> RouterChoices);
+    IReadOnlyDictionary<string, IReadOnlyDictionary<string, IReadOnlyDictionary<string, int>>> RouterChoices);
 
 /// <summary>
 /// Every single expert, uniform score fusion, the pilot-embedding router (both matchings) and the per-query oracle, on
@@ -57,13 +63,12 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
     private List<(string Name, IRetrieverExpert Expert)> _experts = [.. givenExperts];
 
     public const string Fusion = "fusion";
+    public const string RouterPrefix = "router-";
     public const string RouterNearest = "router-nearest-pilot";
     public const string RouterMean = "router-mean-similarity";
     public const string RouterDomain = "router-domain-pilots";
     public const string RouterWeighted = "router-weighted-fusion";
 
-    /// <summary>Softmax temperature of <see cref="RouterWeighted"/>'s weights over mean pilot similarities (fixed, not tuned on any query).</summary>
-    public const double WEIGHT_TEMPERATURE = 0.05;
     public const string Oracle = "oracle";
 
     private readonly RetrievalBenchmarkOptions _options = options ?? new RetrievalBenchmarkOptions();
@@ -108,15 +113,51 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
             throw new ArgumentException($"The adapters' base '{baseName}' must be one of the embedding experts ({string.Join(", ", givenExperts.Where(e => e.Expert.Descriptor.OutputDim > 0).Select(e => e.Name))}).");
         }
         var adapters = new List<LinearAdapterExpert>();
-        foreach (var collection in collections)
+        try
         {
-            using var scope = NewDisposeScope();
-            var pairs = collection.Documents.Select((d, i) => (Index: (long)i, Query: LinearAdapterExpert.PseudoQuery(d))).Where(p => p.Query.Length > 0).ToList();
-            var documents = Encode(found.Expert, collection.Name, [.. collection.Documents.Select(d => d.FullText)], EncodeRole.Document, progress);
-            var queries = Encode(found.Expert, collection.Name, [.. pairs.Select(p => p.Query)], EncodeRole.Query, progress);
-            var (weight, loss) = LinearAdapterExpert.Train(queries, documents.index_select(0, tensor(pairs.Select(p => p.Index).ToArray())), _options.AdapterTraining);
-            progress?.Invoke($"{collection.Name}: adapter on {found.Name} trained on {pairs.Count} pseudo-queries (titles or first sentences), final InfoNCE loss {loss:F3}");
-            adapters.Add(new LinearAdapterExpert($"adapter-{collection.Name}", found.Expert, weight));
+            foreach (var collection in collections)
+            {
+                var name = $"adapter-{collection.Name}";
+                if (_options.LoadAdapters)
+                {
+                    var folder = _options.AdapterFolder ?? throw new ArgumentException("Loading adapters needs their folder.");
+                    var path = LinearAdapterExpert.FileFor(folder, name);
+                    adapters.Add(LinearAdapterExpert.Load(path, found.Expert, name));
+                    progress?.Invoke($"{collection.Name}: adapter on {found.Name} read from {path}");
+                    continue;
+                }
+                using var scope = NewDisposeScope();
+                var pairs = collection.Documents.Select((d, i) => (Index: (long)i, Query: LinearAdapterExpert.PseudoQuery(d))).Where(p => p.Query.Length > 0).ToList();
+                var documents = Encode(found.Expert, collection.Name, [.. collection.Documents.Select(d => d.FullText)], EncodeRole.Document, progress);
+                var queries = Encode(found.Expert, collection.Name, [.. pairs.Select(p => p.Query)], EncodeRole.Query, progress);
+                var training = _options.AdapterTraining;
+                var (weight, loss) = LinearAdapterExpert.Train(queries, documents.index_select(0, tensor(pairs.Select(p => p.Index).ToArray())), training);
+                progress?.Invoke($"{collection.Name}: adapter on {found.Name} trained on {pairs.Count} pseudo-queries (titles or first sentences), final InfoNCE loss {loss:F3}");
+                var adapter = new LinearAdapterExpert(name, found.Expert, weight);
+                weight.Dispose();
+                adapters.Add(adapter);
+                if (_options.AdapterFolder is { } save)
+                {
+                    var path = LinearAdapterExpert.FileFor(save, name);
+                    adapter.Save(path, collection.Name, new Dictionary<string, string>
+                    {
+                        ["pairs"] = pairs.Count.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                        ["documents"] = collection.Documents.Count.ToString(System.Globalization.CultureInfo.InvariantCulture),
+                        ["loss"] = loss.ToString("F4", System.Globalization.CultureInfo.InvariantCulture),
+                        ["training"] = $"in-batch InfoNCE, tau {training.Temperature}, batch {training.BatchSize}, {training.Epochs} epochs, Adam {training.LearningRate}, seed {training.Seed}; pseudo-queries (titles or first sentences) against their documents; no query used",
+                        ["embedding_variant"] = _options.EmbeddingVariant,
+                    });
+                    progress?.Invoke($"{collection.Name}: adapter saved to {path}");
+                }
+            }
+        }
+        catch
+        {
+            foreach (var a in adapters)
+            {
+                a.Dispose();
+            }
+            throw;
         }
         return adapters;
     }
@@ -131,11 +172,11 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
         }
         var perCollection = collections.Select(c => RunExperts(c, canRoute ? routerIndex : -1, progress)).ToList();
 
-        // Routers: one cross-validated pass over all collections at once.
-        var nearest = new Dictionary<(string, string), int>();
-        var mean = new Dictionary<(string, string), int>();
-        var domain = new Dictionary<(string, string), int>();
-        var weights = new Dictionary<(string, string), float[]>();
+        // Routers: one cross-validated pass over all collections at once; every router of RouterKind is fitted on
+        // the same training folds (QueryRouter: the code the silo serves) and routes the held-out fold.
+        var names = _experts.Select(e => e.Name).ToList();
+        var kinds = Enum.GetValues<RouterKind>().Where(k => k != RouterKind.WeightedFusion || _experts.Count > 1).ToList();
+        var decisions = kinds.ToDictionary(k => k, _ => new Dictionary<(string, string), RouteDecision>());
         if (canRoute)
         {
             var folds = new Dictionary<(string, string), int>();
@@ -151,64 +192,27 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
             var all = perCollection.SelectMany(r => r).ToList();
             for (var fold = 0; fold < _options.Folds; fold++)
             {
-                foreach (var (match, choices) in new[] { (PilotMatch.NearestPilot, nearest), (PilotMatch.MeanSimilarity, mean) })
-                {
-                    var router = new PilotEmbeddingRouter([.. _experts.Select(e => e.Name)], match);
-                    foreach (var q in all.Where(q => folds[(q.Collection, q.Query)] != fold))
-                    {
-                        router.AddTrainingQuery(q.Collection, q.RouterEmbedding!, [.. q.Experts.Select(r => r.Ndcg)]);
-                    }
-                    router.Fit();
-                    var test = all.Where(q => folds[(q.Collection, q.Query)] == fold).ToList();
-                    if (test.Count == 0)
-                    {
-                        continue;
-                    }
-                    using var embeddings = stack([.. test.Select(q => tensor(q.RouterEmbedding!))]);
-                    var routed = router.Route(embeddings);
-                    for (var i = 0; i < test.Count; i++)
-                    {
-                        choices[(test[i].Collection, test[i].Query)] = routed[i];
-                    }
-                    if (match == PilotMatch.MeanSimilarity)
-                    {
-                        var similarities = router.ExpertSimilarities(embeddings);
-                        for (var i = 0; i < test.Count; i++)
-                        {
-                            weights[(test[i].Collection, test[i].Query)] = Softmax(similarities[i], WEIGHT_TEMPERATURE);
-                        }
-                    }
-                }
-                // Domain pilots: one per collection, the centroid of its training queries, labelled with the expert of
-                // the best mean nDCG@10 on them (a label per domain, not per query: far less noisy).
-                var training = all.Where(q => folds[(q.Collection, q.Query)] != fold).ToList();
-                var domainRouter = new PilotEmbeddingRouter([.. _experts.Select(e => e.Name)], PilotMatch.NearestPilot);
-                foreach (var group in training.GroupBy(q => q.Collection))
-                {
-                    var best = Enumerable.Range(0, _experts.Count).MaxBy(e => group.Average(q => q.Experts[e].Ndcg));
-                    var label = new double[_experts.Count];
-                    label[best] = 1;
-                    foreach (var q in group)
-                    {
-                        domainRouter.AddTrainingQuery(q.Collection, q.RouterEmbedding!, label);
-                    }
-                }
+                var training = all.Where(q => folds[(q.Collection, q.Query)] != fold)
+                    .Select(q => new PilotQuery(q.Collection, q.RouterEmbedding!, [.. q.Experts.Select(r => r.Ndcg)])).ToList();
                 var held = all.Where(q => folds[(q.Collection, q.Query)] == fold).ToList();
-                if (held.Count > 0)
+                if (held.Count == 0)
                 {
-                    domainRouter.Fit();
-                    using var heldEmbeddings = stack([.. held.Select(q => tensor(q.RouterEmbedding!))]);
-                    var routedByDomain = domainRouter.Route(heldEmbeddings);
+                    continue;
+                }
+                using var embeddings = stack([.. held.Select(q => tensor(q.RouterEmbedding!))]);
+                foreach (var kind in kinds)
+                {
+                    var routed = QueryRouter.Fit(kind, names, training).Route(embeddings);
                     for (var i = 0; i < held.Count; i++)
                     {
-                        domain[(held[i].Collection, held[i].Query)] = routedByDomain[i];
+                        decisions[kind][(held[i].Collection, held[i].Query)] = routed[i];
                     }
                 }
             }
         }
 
         var reports = new List<CollectionScores>();
-        var routerChoices = new Dictionary<string, IReadOnlyDictionary<string, int>>();
+        var routerChoices = new Dictionary<string, IReadOnlyDictionary<string, IReadOnlyDictionary<string, int>>>();
         for (var c = 0; c < collections.Count; c++)
         {
             var runs = perCollection[c];
@@ -223,15 +227,20 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
             }
             if (canRoute)
             {
-                systems.Add(Average(RouterNearest, runs.Select(r => r.Experts[nearest[(r.Collection, r.Query)]])));
-                systems.Add(Average(RouterMean, runs.Select(r => r.Experts[mean[(r.Collection, r.Query)]])));
-                systems.Add(Average(RouterDomain, runs.Select(r => r.Experts[domain[(r.Collection, r.Query)]])));
-                if (_experts.Count > 1)
+                var choices = new Dictionary<string, IReadOnlyDictionary<string, int>>(StringComparer.Ordinal);
+                foreach (var kind in kinds)
                 {
-                    systems.Add(Average(RouterWeighted, runs.Select(r => Fuse(r, weights[(r.Collection, r.Query)]))));
+                    var routed = decisions[kind];
+                    systems.Add(Average(RouterPrefix + QueryRouter.Name(kind), runs.Select(r => kind == RouterKind.WeightedFusion
+                        ? Fuse(r, routed[(r.Collection, r.Query)].Weights)
+                        : r.Experts[routed[(r.Collection, r.Query)].Expert])));
+                    if (kind != RouterKind.WeightedFusion)
+                    {
+                        choices[QueryRouter.Name(kind)] = _experts.Select((e, i) => (e.Name, Count: runs.Count(r => routed[(r.Collection, r.Query)].Expert == i)))
+                            .ToDictionary(p => p.Name, p => p.Count);
+                    }
                 }
-                routerChoices[collections[c].Name] = _experts.Select((e, i) => (e.Name, Count: runs.Count(r => nearest[(r.Collection, r.Query)] == i)))
-                    .ToDictionary(p => p.Name, p => p.Count);
+                routerChoices[collections[c].Name] = choices;
             }
             systems.Add(Average(Oracle, runs.Select(r => r.Experts.MaxBy(x => x.Ndcg)!)));
             reports.Add(new CollectionScores(collections[c].Name, collections[c].Documents.Count, runs.Count, systems));
@@ -302,37 +311,11 @@ public sealed class RetrievalBenchmark(IReadOnlyList<(string Name, IRetrieverExp
     /// <summary>Uniform score fusion: each expert's scores min-max normalised over its own list, then summed.</summary>
     private ExpertRun FuseUniform(QueryRuns query) => Fuse(query, null);
 
-    /// <summary>Softmax of <paramref name="scores"/> / τ (−∞ scores get weight 0).</summary>
-    internal static float[] Softmax(float[] scores, double temperature)
-    {
-        var max = scores.Where(float.IsFinite).DefaultIfEmpty(0).Max();
-        var exp = scores.Select(s => float.IsFinite(s) ? Math.Exp((s - max) / temperature) : 0).ToArray();
-        var sum = exp.Sum();
-        return [.. exp.Select(e => (float)(sum > 0 ? e / sum : 1.0 / scores.Length))];
-    }
-
-    /// <summary>Score fusion: each expert's scores min-max normalised over its own list, times its weight (1 when none), summed.</summary>
+    /// <summary>Score fusion (<see cref="QueryRouter.Fuse"/>): each expert's list min-max normalised, times its weight (1 when none), summed.</summary>
     private ExpertRun Fuse(QueryRuns query, float[]? weights)
     {
-        var fused = new Dictionary<string, float>(StringComparer.Ordinal);
-        for (var e = 0; e < query.Experts.Length; e++)
-        {
-            var run = query.Experts[e];
-            var weight = weights?[e] ?? 1f;
-            if (run.Scores.Length == 0)
-            {
-                continue;
-            }
-            var (min, max) = (run.Scores.Min(), run.Scores.Max());
-            var range = max - min;
-            for (var i = 0; i < run.Documents.Length; i++)
-            {
-                var normalised = range > 0 ? (run.Scores[i] - min) / range : 1f;
-                fused[run.Documents[i]] = fused.GetValueOrDefault(run.Documents[i]) + weight * normalised;
-            }
-        }
-        var ranked = fused.OrderByDescending(p => p.Value).ThenBy(p => p.Key, StringComparer.Ordinal).Take(_options.Depth).ToArray();
-        return MakeRun([.. ranked.Select(p => p.Key)], [.. ranked.Select(p => p.Value)], query.Relevant);
+        var (ids, scores) = QueryRouter.Fuse([.. query.Experts.Select(r => (r.Documents, r.Scores))], weights, _options.Depth, StringComparer.Ordinal);
+        return MakeRun(ids, scores, query.Relevant);
     }
 
     private static SystemScore Average(string name, IEnumerable<ExpertRun> runs)

@@ -5,7 +5,10 @@ using MoeGrains.Tests.Infrastructure;
 
 namespace MoeGrains.Tests.Retrieval;
 
-/// <summary>Three real silos serving a small MED + CISI collection with BM25 and MiniLM, the index in three shards.</summary>
+/// <summary>
+/// Three real silos serving a small MED + CISI collection with BM25, MiniLM and a saved domain adapter on MiniLM
+/// (served by the plugin from its file), the embedding indexes in three shards.
+/// </summary>
 public sealed class RetrievalClusterFixture() : LocalClusterFixture(3)
 {
     public const int Shards = 3;
@@ -13,11 +16,17 @@ public sealed class RetrievalClusterFixture() : LocalClusterFixture(3)
 
     public string Folder => Dir.File("mini");
 
+    public string Adapters => Dir.File("adapters");
+
+    public const string Adapter = "adapter-mini";
+
     public static Dictionary<string, string> Settings => new() { ["threads"] = "1", ["max_words"] = "48" };
 
     protected override void Prepare()
     {
         Collection = MiniCollection.Write(Folder);
+        using var minilmShape = new RetrievalAdapterFileTests.FakeBase("minilm", 384);
+        RetrievalAdapterFileTests.Save(Adapters, Adapter, minilmShape);
     }
 
     protected override void Configure(ISiloBuilder silo) => silo
@@ -26,7 +35,8 @@ public sealed class RetrievalClusterFixture() : LocalClusterFixture(3)
         .AddMoeGrainsRetrieval(o =>
         {
             o.Collections["mini"] = Folder;
-            o.Experts = "bm25,minilm";
+            o.Experts = $"bm25,minilm,{Adapter}";
+            o.Adapters = Adapters;
             o.Shards = Shards;
             o.Threads = 1;
             o.MaxWords = 48;
@@ -49,42 +59,52 @@ public sealed class DistributedRetrievalTests(RetrievalClusterFixture fixture) :
     {
         using var bm25 = RetrieverPlugins.Create("bm25");
         using var minilm = RetrieverPlugins.Create("minilm", RetrievalClusterFixture.Settings);
-        using var local = new InProcessRetrieval(fixture.Collection, new Dictionary<string, IRetrieverExpert> { ["bm25"] = bm25, ["minilm"] = minilm });
-        var flow = new RetrievalFlow(fixture.Collection, ["bm25", "minilm"], "minilm", local);
+        using var adapter = LinearAdapterExpert.Load(LinearAdapterExpert.FileFor(fixture.Adapters, RetrievalClusterFixture.Adapter), minilm);
+        string[] experts = ["bm25", "minilm", RetrievalClusterFixture.Adapter];
+        using var local = new InProcessRetrieval(fixture.Collection, new Dictionary<string, IRetrieverExpert>
+        {
+            ["bm25"] = bm25, ["minilm"] = minilm, [RetrievalClusterFixture.Adapter] = adapter,
+        });
+        var flow = new RetrievalFlow(fixture.Collection, experts, "minilm", local);
         var grain = fixture.Cluster.GrainFactory.GetGrain<IRetrievalGrain>("mini");
         var routedTo = new HashSet<string>();
-        foreach (var query in Queries)
+        var requests = Queries.SelectMany(q => new[] { new RetrievalRequest(q, 7) }
+            .Concat(experts.Select(e => new RetrievalRequest(q, 7, e)))
+            .Concat(QueryRouter.Names.Select(r => new RetrievalRequest(q, 7, Router: r))));
+        foreach (var request in requests)
         {
-            foreach (var expert in new string?[] { null, "bm25", "minilm" })
+            var expected = await flow.Search(request);
+            var actual = await grain.Search(request);
+            Assert.Equal(expected.Expert, actual.Expert);
+            Assert.Equal(request.Expert is null, actual.Routed);
+            Assert.Equal(request.Expert is null ? request.Router ?? "weighted-fusion" : "", actual.Router); // the default: the evaluation's best
+            Assert.Equal(expected.RouterScores.Length, actual.RouterScores.Length);
+            for (var e = 0; e < expected.RouterScores.Length; e++)
             {
-                var request = new RetrievalRequest(query, 7, expert);
-                var expected = await flow.Search(request);
-                var actual = await grain.Search(request);
-                Assert.Equal(expected.Expert, actual.Expert);
-                Assert.Equal(expert is null, actual.Routed);
-                Assert.Equal(expected.RouterScores.Length, actual.RouterScores.Length);
-                for (var e = 0; e < expected.RouterScores.Length; e++)
-                {
-                    Assert.Equal(expected.RouterScores[e], actual.RouterScores[e], 4);
-                }
-                Assert.Equal(expected.Hits.Select(h => h.Id), actual.Hits.Select(h => h.Id));
-                for (var i = 0; i < expected.Hits.Length; i++)
-                {
-                    Assert.Equal(expected.Hits[i].Score, actual.Hits[i].Score, 4);
-                }
-                Assert.Equal(7, actual.Hits.Length);
-                if (actual.Expert == "minilm")
-                {
-                    // The embedding index is three shards, one per silo: every silo answered.
-                    Assert.Equal(RetrievalClusterFixture.Shards, actual.ShardSilos.Length);
-                }
-                if (expert is null)
-                {
-                    routedTo.Add(actual.Expert);
-                }
+                Assert.Equal(expected.RouterScores[e], actual.RouterScores[e], 4);
+            }
+            Assert.Equal(expected.Weights is null, actual.Weights is null);
+            Assert.Equal(expected.Hits.Select(h => h.Id), actual.Hits.Select(h => h.Id));
+            for (var i = 0; i < expected.Hits.Length; i++)
+            {
+                Assert.Equal(expected.Hits[i].Score, actual.Hits[i].Score, 4);
+            }
+            Assert.Equal(7, actual.Hits.Length);
+            if (actual.Expert is "minilm" or RetrievalClusterFixture.Adapter)
+            {
+                // The embedding index is three shards, one per silo: every silo answered.
+                Assert.Equal(RetrievalClusterFixture.Shards, actual.ShardSilos.Length);
+            }
+            if (request.Expert is null && request.Router is not "weighted-fusion" and not null)
+            {
+                routedTo.Add(actual.Expert);
             }
         }
         Assert.NotEmpty(routedTo);
+        // The adapter searches differently from its base (its queries are mapped), on the same documents.
+        var viaAdapter = await grain.Search(new RetrievalRequest(Queries[0], 7, RetrievalClusterFixture.Adapter));
+        var viaBase = await grain.Search(new RetrievalRequest(Queries[0], 7, "minilm"));
+        Assert.NotEqual(viaBase.Hits.Select(h => h.Score), viaAdapter.Hits.Select(h => h.Score));
     }
 
     [Fact]
@@ -98,6 +118,9 @@ public sealed class DistributedRetrievalTests(RetrievalClusterFixture fixture) :
         Assert.Contains("100", huge.Message, StringComparison.Ordinal);
         var expert = await Assert.ThrowsAsync<RetrievalRequestException>(() => grain.Search(new RetrievalRequest("heart", 5, "nope")));
         Assert.Equal("expert", expert.Field);
+        var router = await Assert.ThrowsAsync<RetrievalRequestException>(() => grain.Search(new RetrievalRequest("heart", 5, Router: "best")));
+        Assert.Equal("router", router.Field);
+        Assert.Contains("domain-pilots", router.Message, StringComparison.Ordinal);
         var unknown = await Assert.ThrowsAsync<RetrievalRequestException>(() =>
             fixture.Cluster.GrainFactory.GetGrain<IRetrievalGrain>("no-such-collection").Search(new RetrievalRequest("heart", 5)));
         Assert.Equal("collection", unknown.Field);

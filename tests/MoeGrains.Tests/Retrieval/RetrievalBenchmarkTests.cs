@@ -52,13 +52,14 @@ public sealed class RetrievalBenchmarkTests
         Assert.Contains("2-fold cross-validation", report.Split);
         // Embeddings were cached on disk, one file per (expert, role, chunk), per collection.
         Assert.NotEmpty(Directory.GetFiles(Path.Combine(cache.Path, "words"), "counting-document-*.safetensors"));
-        Assert.Equal(24, report.RouterChoices.Values.Sum(c => c.Values.Sum()));
+        Assert.All(report.RouterChoices.Values, c => Assert.Equal(3, c.Count)); // the three routers that choose one expert
+        Assert.Equal(24, report.RouterChoices.Values.Sum(c => c["nearest-pilot"].Values.Sum()));
     }
 
     [Fact]
     public void Softmax_weights_sum_to_one_and_ignore_experts_without_pilots()
     {
-        var w = RetrievalBenchmark.Softmax([0.30f, 0.25f, float.NegativeInfinity], 0.05);
+        var w = QueryRouter.Softmax([0.30f, 0.25f, float.NegativeInfinity], 0.05);
         Assert.Equal(1.0, w.Sum(), 5);
         Assert.Equal(0f, w[2]);
         Assert.Equal(Math.Exp(1) / (1 + Math.Exp(1)), w[0], 5); // (0.30 - 0.25) / 0.05 = 1

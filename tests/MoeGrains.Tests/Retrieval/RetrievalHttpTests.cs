@@ -166,12 +166,19 @@ public sealed class RetrievalHttpTests(SiloHostFixture silo) : IClassFixture<Sil
         var (status, body) = await Post("/v1/search", """{"collection": "mini", "query": "the crystalline lens in vertebrates", "k": 5}""");
         Assert.True(status == HttpStatusCode.OK, body.ToString());
         Assert.True(body.GetProperty("routed").GetBoolean());
-        Assert.Contains(body.GetProperty("expert").GetString(), new[] { "bm25", "minilm" });
+        // The served default is the evaluation's best router, which mixes both experts' lists by its weights.
+        Assert.Equal("weighted-fusion", body.GetProperty("router_name").GetString());
+        Assert.Equal(1.0, body.GetProperty("router_weights").EnumerateObject().Sum(p => p.Value.GetDouble()), 4);
         var hits = body.GetProperty("hits").EnumerateArray().ToList();
         Assert.Equal(5, hits.Count);
         Assert.All(hits, h => Assert.True(silo.Collection.IndexOf(h.GetProperty("id").GetString()!) >= 0));
         var scores = hits.Select(h => h.GetProperty("score").GetSingle()).ToList();
         Assert.Equal(scores.OrderByDescending(s => s), scores);
+
+        var (chosen, byDomain) = await Post("/v1/search", """{"collection": "mini", "query": "the crystalline lens in vertebrates", "k": 5, "router": "domain-pilots"}""");
+        Assert.Equal(HttpStatusCode.OK, chosen);
+        Assert.Equal("domain-pilots", byDomain.GetProperty("router_name").GetString());
+        Assert.Contains(byDomain.GetProperty("expert").GetString(), new[] { "bm25", "minilm" });
 
         var (given, byBm25) = await Post("/v1/search", """{"collection": "mini", "query": "crystalline lens", "k": 3, "expert": "bm25"}""");
         Assert.Equal(HttpStatusCode.OK, given);
@@ -191,6 +198,8 @@ public sealed class RetrievalHttpTests(SiloHostFixture silo) : IClassFixture<Sil
     [InlineData("""{"collection": "mini", "query": "x", "k": 100000}""", "k")]
     [InlineData("""{"collection": "mini", "query": "x", "k": "ten"}""", "k")]
     [InlineData("""{"collection": "mini", "query": "x", "expert": "nope"}""", "expert")]
+    [InlineData("""{"collection": "mini", "query": "x", "router": "best"}""", "router")]
+    [InlineData("""{"collection": "mini", "query": "x", "router": 3}""", "router")]
     public async Task Bad_search_requests_get_400_naming_the_field(string json, string field)
     {
         var (status, body) = await Post("/v1/search", json);

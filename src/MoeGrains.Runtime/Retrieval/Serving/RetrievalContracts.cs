@@ -49,6 +49,11 @@ public interface IRetrievalGrain : IGrainWithStringKey
     [Alias("search")]
     [ResponseTimeout("00:30:00")] // the first call encodes a corpus
     Task<RetrievalResult> Search(RetrievalRequest request);
+
+    /// <summary>This collection's judged queries as router training queries (embedding, each expert's nDCG@10), for the routers of other collections.</summary>
+    [Alias("pilot-queries")]
+    [ResponseTimeout("00:30:00")] // the first call indexes the collection with every expert
+    Task<PilotQuery[]> PilotQueries();
 }
 
 /// <summary>What a retriever grain hosts.</summary>
@@ -60,9 +65,13 @@ public sealed record RetrieverInfo([property: Id(0)] string Name, [property: Id(
 public sealed record ShardHits([property: Id(0)] int[][] Documents, [property: Id(1)] float[][] Scores, [property: Id(2)] string Silo,
     [property: Id(3)] int First, [property: Id(4)] int Count);
 
-/// <summary>A search: the query text, how many documents, and optionally the expert to use instead of the router's choice.</summary>
+/// <summary>
+/// A search: the query text, how many documents, and optionally the expert to use instead of the router's choice, or
+/// the router to use instead of the configured one (<see cref="QueryRouter.Names"/>).
+/// </summary>
 [GenerateSerializer, Immutable, Alias("moegrains.RetrievalRequest")]
-public sealed record RetrievalRequest([property: Id(0)] string Query, [property: Id(1)] int K, [property: Id(2)] string? Expert = null);
+public sealed record RetrievalRequest([property: Id(0)] string Query, [property: Id(1)] int K, [property: Id(2)] string? Expert = null,
+    [property: Id(3)] string? Router = null);
 
 /// <summary>One document found.</summary>
 [GenerateSerializer, Immutable, Alias("moegrains.RetrievalHit")]
@@ -70,8 +79,9 @@ public sealed record RetrievalHit([property: Id(0)] int Position, [property: Id(
     [property: Id(3)] string Title, [property: Id(4)] string Text);
 
 /// <summary>
-/// The answer to a search: the expert that searched (and whether the router chose it), the router's mean pilot
-/// similarity per expert (empty when the expert was given), the hits, and the silos whose shards answered.
+/// The answer to a search: the expert that searched (the router's name when a mixing router fused every expert's
+/// list) and whether the router chose it, the router's score per expert (mean or nearest pilot similarity; empty when
+/// the expert was given), the hits, the silos whose shards answered, the router's name and its weight per expert.
 /// </summary>
 [GenerateSerializer, Immutable, Alias("moegrains.RetrievalResult")]
 public sealed record RetrievalResult(
@@ -81,7 +91,9 @@ public sealed record RetrievalResult(
     [property: Id(3)] RetrievalHit[] Hits,
     [property: Id(4)] string[] Experts,
     [property: Id(5)] float[] RouterScores,
-    [property: Id(6)] string[] ShardSilos);
+    [property: Id(6)] string[] ShardSilos,
+    [property: Id(7)] string Router = "",
+    [property: Id(8)] float[]? Weights = null);
 
 /// <summary>A retrieval request that cannot be served as asked; <see cref="Field"/> names the offending input.</summary>
 [GenerateSerializer, Alias("moegrains.RetrievalRequestException")]

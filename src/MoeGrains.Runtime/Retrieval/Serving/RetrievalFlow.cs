@@ -17,23 +17,34 @@ public interface IRetrievalBackend
 }
 
 /// <summary>
-/// The search flow of one collection, the same wherever it runs: the pilot-embedding router (RouterRetriever) is built
-/// on first use from the collection's judged queries (each assigned to the expert with its best nDCG@10; one pilot per
-/// expert, the centroid of its queries' router-encoder embeddings; a query goes to the expert of highest mean pilot
-/// similarity); a search is routed (unless an expert is named), then run by that expert.
+/// The search flow of one collection, the same wherever it runs. The router (<see cref="QueryRouter"/>, by name; default
+/// <see cref="QueryRouter.DEFAULT"/>, the best of the evaluation) is fitted on first use from pilot queries: this
+/// collection's judged queries (each with every expert's nDCG@10 on it and its router-encoder embedding), plus those of
+/// the other domains <paramref name="otherDomains"/> supplies. A search is routed (unless an expert is named) and run by
+/// the chosen expert; a mixing router (weighted fusion) runs every expert and fuses their lists with its weights.
 /// </summary>
 public sealed class RetrievalFlow(RetrievalCollection collection, IReadOnlyList<string> experts, string routerEncoder, IRetrievalBackend backend,
-    int maxPilotQueries = 1000)
+    int maxPilotQueries = 1000, RouterKind router = QueryRouter.DEFAULT, Func<Task<IReadOnlyList<PilotQuery>>>? otherDomains = null)
 {
-    private Task<PilotEmbeddingRouter>? _router;
+    /// <summary>Documents each expert contributes to a fused list (the evaluation's depth).</summary>
+    public const int FUSION_DEPTH = 100;
+
+    private Task<IReadOnlyList<PilotQuery>>? _pilots;
+    private readonly Dictionary<RouterKind, Task<QueryRouter>> _routers = [];
     private readonly object _gate = new();
 
     public RetrievalCollection Collection { get; } = collection;
 
     public IReadOnlyList<string> Experts { get; } = experts.Count > 0 ? experts : throw new ArgumentException("A retrieval flow needs at least one expert.", nameof(experts));
 
-    /// <summary>How many judged queries the router's pilots came from (after it is built).</summary>
+    /// <summary>The router used when a request names none.</summary>
+    public RouterKind DefaultRouter { get; } = router;
+
+    /// <summary>How many judged queries of this collection the pilots came from (after the router is built).</summary>
     public int PilotQueries { get; private set; }
+
+    /// <summary>How many pilot queries of other domains the router was fitted on as well.</summary>
+    public int OtherDomainPilotQueries { get; private set; }
 
     /// <summary>Validates a request against the collection and the limits; throws <see cref="RetrievalRequestException"/> naming the field.</summary>
     public static void Validate(RetrievalRequest request, IReadOnlyList<string> experts, int maxK, int maxChars)
@@ -55,73 +66,110 @@ public sealed class RetrievalFlow(RetrievalCollection collection, IReadOnlyList<
         {
             throw new RetrievalRequestException("expert", $"Unknown expert '{e}': this collection is searched by {string.Join(", ", experts)}.");
         }
+        if (request.Router is { } r && !QueryRouter.TryParse(r, out _))
+        {
+            throw new RetrievalRequestException("router", $"Unknown router '{r}': one of {string.Join(", ", QueryRouter.Names)}.");
+        }
     }
+
+    /// <summary>Parses a router name, or throws <see cref="RetrievalRequestException"/> naming <paramref name="field"/>.</summary>
+    public static RouterKind ParseRouter(string? name, string field = "router") =>
+        name is null or "" ? QueryRouter.DEFAULT
+        : QueryRouter.TryParse(name, out var kind) ? kind
+        : throw new RetrievalRequestException(field, $"Unknown router '{name}': one of {string.Join(", ", QueryRouter.Names)}.");
 
     /// <summary>Routes (or takes the given expert) and searches.</summary>
     public async Task<RetrievalResult> Search(RetrievalRequest request, int maxK = 1000, int maxChars = 8192)
     {
         Validate(request, Experts, maxK, maxChars);
-        string expert;
-        float[] scores = [];
+        var k = Math.Min(request.K, Collection.Documents.Count);
         if (request.Expert is { } given)
         {
-            expert = given;
+            var named = (await backend.Search(given, [request.Query], k))[0];
+            return Result(given, false, named, [], null, "");
         }
-        else
+        var kind = request.Router is null ? DefaultRouter : ParseRouter(request.Router);
+        var decision = await Route(request.Query, kind);
+        if (kind != RouterKind.WeightedFusion || Experts.Count == 1)
         {
-            (var chosen, scores) = await Route(request.Query);
-            expert = Experts[chosen];
+            var expert = Experts[decision.Expert];
+            var hits = (await backend.Search(expert, [request.Query], k))[0];
+            return Result(expert, true, hits, decision.Scores, decision.Weights, QueryRouter.Name(kind));
         }
-        var hits = (await backend.Search(expert, [request.Query], Math.Min(request.K, Collection.Documents.Count)))[0];
+        var depth = Math.Min(Math.Max(k, FUSION_DEPTH), Collection.Documents.Count);
+        var lists = new List<(int[] Keys, float[] Scores)>();
+        foreach (var expert in Experts)
+        {
+            var h = (await backend.Search(expert, [request.Query], depth))[0];
+            lists.Add((h.Documents, h.Scores));
+        }
+        var (documents, scores) = QueryRouter.Fuse(lists, decision.Weights, k);
+        return Result(QueryRouter.Name(kind), true, new SearchHits(documents, scores), decision.Scores, decision.Weights, QueryRouter.Name(kind));
+    }
+
+    private RetrievalResult Result(string expert, bool routed, SearchHits hits, float[] scores, float[]? weights, string routerName)
+    {
         var found = hits.Documents.Select((d, i) =>
         {
             var document = Collection.Documents[d];
             return new RetrievalHit(d, document.Id, hits.Scores[i], document.Title, document.Text);
         }).ToArray();
-        return new RetrievalResult(Collection.Name, expert, request.Expert is null, found, [.. Experts], scores, []);
+        return new RetrievalResult(Collection.Name, expert, routed, found, [.. Experts], scores, [], routerName, weights);
     }
 
-    /// <summary>The expert (index into <see cref="Experts"/>) the router sends <paramref name="query"/> to, and its mean pilot similarity per expert.</summary>
-    public async Task<(int Expert, float[] Scores)> Route(string query)
-    {
-        var router = await Router();
-        var embedding = await backend.EncodeQueries(routerEncoder, [query]);
-        using var scope = NewDisposeScope();
-        var similarities = router.ExpertSimilarities(tensor(embedding[0]).unsqueeze(0))[0];
-        var best = 0;
-        for (var e = 1; e < similarities.Length; e++)
-        {
-            if (similarities[e] > similarities[best])
-            {
-                best = e;
-            }
-        }
-        return (best, similarities);
-    }
-
-    /// <summary>The router, built once from the judged queries.</summary>
-    public Task<PilotEmbeddingRouter> Router()
-    {
-        lock (_gate)
-        {
-            if (_router is null || _router.IsFaulted || _router.IsCanceled)
-            {
-                _router = BuildRouter();
-            }
-            return _router;
-        }
-    }
-
-    private async Task<PilotEmbeddingRouter> BuildRouter()
+    /// <summary>Where <paramref name="kind"/>'s router sends <paramref name="query"/>: the expert, the weights and the router's score per expert.</summary>
+    public async Task<RouteDecision> Route(string query, RouterKind? kind = null)
     {
         if (Experts.Count == 1)
         {
-            var single = new PilotEmbeddingRouter(Experts, PilotMatch.MeanSimilarity);
-            var dim = (await backend.EncodeQueries(routerEncoder, ["pilot"]))[0].Length;
-            single.AddTrainingQuery(Collection.Name, new float[dim], [1.0]);
-            single.Fit();
-            return single;
+            return new RouteDecision(0, [1f], [1f]);
         }
+        var fitted = await Router(kind ?? DefaultRouter);
+        var embedding = await backend.EncodeQueries(routerEncoder, [query]);
+        using var scope = NewDisposeScope();
+        return fitted.Route(tensor(embedding[0]).unsqueeze(0))[0];
+    }
+
+    /// <summary>The router of <paramref name="kind"/>, fitted once from the pilot queries.</summary>
+    public Task<QueryRouter> Router(RouterKind kind)
+    {
+        lock (_gate)
+        {
+            if (!_routers.TryGetValue(kind, out var task) || task.IsFaulted || task.IsCanceled)
+            {
+                _routers[kind] = task = FitRouter(kind);
+            }
+            return task;
+        }
+    }
+
+    private async Task<QueryRouter> FitRouter(RouterKind kind)
+    {
+        var own = await OwnPilotQueries();
+        var others = otherDomains is null ? [] : (await otherDomains()).Where(q => q.Domain != Collection.Name).ToList();
+        foreach (var q in others.Where(q => q.ExpertNdcg.Length != Experts.Count))
+        {
+            throw new InvalidOperationException($"Pilot queries of '{q.Domain}' score {q.ExpertNdcg.Length} experts; '{Collection.Name}' is searched by {Experts.Count}.");
+        }
+        OtherDomainPilotQueries = others.Count;
+        return QueryRouter.Fit(kind, Experts, own.Concat(others));
+    }
+
+    /// <summary>This collection's judged queries (at most <paramref name="maxPilotQueries"/>) as pilot queries, computed once.</summary>
+    public Task<IReadOnlyList<PilotQuery>> OwnPilotQueries()
+    {
+        lock (_gate)
+        {
+            if (_pilots is null || _pilots.IsFaulted || _pilots.IsCanceled)
+            {
+                _pilots = ComputePilotQueries();
+            }
+            return _pilots;
+        }
+    }
+
+    private async Task<IReadOnlyList<PilotQuery>> ComputePilotQueries()
+    {
         var queries = Collection.JudgedQueries.Take(maxPilotQueries).ToList();
         if (queries.Count == 0)
         {
@@ -143,14 +191,8 @@ public sealed class RetrievalFlow(RetrievalCollection collection, IReadOnlyList<
             }
         }
         var embeddings = await backend.EncodeQueries(routerEncoder, texts);
-        var router = new PilotEmbeddingRouter(Experts, PilotMatch.MeanSimilarity);
-        for (var q = 0; q < queries.Count; q++)
-        {
-            router.AddTrainingQuery(Collection.Name, embeddings[q], ndcg[q]);
-        }
-        router.Fit();
         PilotQueries = queries.Count;
-        return router;
+        return [.. queries.Select((q, i) => new PilotQuery(Collection.Name, embeddings[i], ndcg[i]))];
     }
 
     /// <summary>Merges shard hits: best score first, ties by collection position; the first <paramref name="k"/>.</summary>
@@ -208,7 +250,9 @@ public sealed class InProcessRetrieval : IRetrievalBackend, IDisposable
         var documents = _collection.Documents.Select(d => d.FullText).ToList();
         if (expert.Descriptor.OutputDim > 0 && _cache is not null)
         {
-            index = new ExactIndex(expert, _cache.GetOrEncode(expert, _collection.Name, _variant, documents, EncodeRole.Document, _progress));
+            // An adapter's documents are its base's embeddings: the base's cache serves them.
+            var encoder = expert is LinearAdapterExpert adapter ? adapter.Base : expert;
+            index = new ExactIndex(expert, _cache.GetOrEncode(encoder, _collection.Name, _variant, documents, EncodeRole.Document, _progress));
         }
         else
         {

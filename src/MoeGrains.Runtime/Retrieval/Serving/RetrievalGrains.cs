@@ -7,12 +7,17 @@ using static TorchSharp.torch;
 
 namespace MoeGrains.Retrieval.Serving;
 
-/// <summary>One retriever expert plugin on this silo's device; encodes texts (through the embedding cache where asked).</summary>
+/// <summary>
+/// One retriever expert on this silo's device (a plugin, or a trained adapter served by its plugin); encodes texts
+/// (through the embedding cache where asked). An adapter whose base is served too leaves its documents to the base's
+/// grain: they are the base's embeddings, so the base's cached corpus is reused.
+/// </summary>
 [StatelessWorker(1)]
 internal sealed class RetrieverGrain(PluginCatalog plugins, SiloDevice device, IServiceProvider services, IOptions<RetrievalOptions> options,
     IOptions<TensorWireOptions> wire) : Grain, IRetrieverGrain
 {
     private IRetrieverExpert? _expert;
+    private string? _documentEncoder;
 
     private IRetrieverExpert Expert()
     {
@@ -21,12 +26,17 @@ internal sealed class RetrieverGrain(PluginCatalog plugins, SiloDevice device, I
             return _expert;
         }
         var name = this.GetPrimaryKeyString();
-        if (!options.Value.ExpertList.Contains(name, StringComparer.Ordinal))
+        var o = options.Value;
+        if (!o.ExpertList.Contains(name, StringComparer.Ordinal))
         {
-            throw new RetrievalRequestException("expert", $"Unknown retriever expert '{name}': this cluster serves {options.Value.Experts}.");
+            throw new RetrievalRequestException("expert", $"Unknown retriever expert '{name}': this cluster serves {o.Experts}.");
         }
-        var context = new PluginContext { Id = $"retrieval/{name}", Device = device.Device, Settings = options.Value.PluginSettings() };
-        return _expert = plugins.Create<IRetrieverExpert>(name, PluginKind.RetrieverExpert, context, services);
+        var created = RetrieverExperts.Create(plugins, name, device.Device, o.PluginSettings(), services, o.Adapters);
+        if (RetrieverExperts.AdapterBase(plugins, name, o.Adapters) is { } baseName && o.ExpertList.Contains(baseName, StringComparer.Ordinal))
+        {
+            _documentEncoder = baseName;
+        }
+        return _expert = created;
     }
 
     public Task<RetrieverInfo> Describe()
@@ -42,6 +52,10 @@ internal sealed class RetrieverGrain(PluginCatalog plugins, SiloDevice device, I
         if (expert.Descriptor.OutputDim <= 0)
         {
             throw new RetrievalRequestException("model", $"'{expert.Descriptor.Name}' is a lexical expert: it has no embeddings.");
+        }
+        if (role == EncodeRole.Document && _documentEncoder is { } baseName)
+        {
+            return GrainFactory.GetGrain<IRetrieverGrain>(baseName).Encode(texts, role, cacheScope);
         }
         var o = options.Value;
         return device.Lane.RunAsync(() =>
@@ -173,17 +187,41 @@ internal sealed class RetrievalGrain(RetrievalCollections collections, IOptions<
     private readonly Dictionary<string, int> _dims = new(StringComparer.Ordinal);
     private readonly SortedSet<string> _silos = new(StringComparer.Ordinal);
 
+    private RetrievalFlow Flow()
+    {
+        if (_flow is not null)
+        {
+            return _flow;
+        }
+        var o = options.Value;
+        var name = this.GetPrimaryKeyString();
+        var others = o.PilotCollectionList.Where(c => c != name).ToList();
+        Func<Task<IReadOnlyList<PilotQuery>>>? otherDomains = others.Count == 0 ? null : async () =>
+        {
+            var parts = await Task.WhenAll(others.Select(c => GrainFactory.GetGrain<IRetrievalGrain>(c).PilotQueries()));
+            return [.. parts.SelectMany(p => p)];
+        };
+        return _flow = new RetrievalFlow(collections.Get(name), o.ExpertList, o.RouterEncoder, this, o.MaxPilotQueries,
+            RetrievalFlow.ParseRouter(o.Router, "MoeGrains:Retrieval:Router"), otherDomains);
+    }
+
     public async Task<RetrievalResult> Search(RetrievalRequest request)
     {
         ArgumentNullException.ThrowIfNull(request);
         var o = options.Value;
-        _flow ??= new RetrievalFlow(collections.Get(this.GetPrimaryKeyString()), o.ExpertList, o.RouterEncoder, this, o.MaxPilotQueries);
-        RetrievalFlow.Validate(request, _flow.Experts, o.MaxK, o.MaxTextChars);
-        await _flow.Router(); // built before the search, so that the silos below are the search's own
+        var flow = Flow();
+        RetrievalFlow.Validate(request, flow.Experts, o.MaxK, o.MaxTextChars);
+        if (request.Expert is null && flow.Experts.Count > 1)
+        {
+            // Built before the search, so that the silos below are the search's own.
+            await flow.Router(request.Router is null ? flow.DefaultRouter : RetrievalFlow.ParseRouter(request.Router));
+        }
         _silos.Clear();
-        var result = await _flow.Search(request, o.MaxK, o.MaxTextChars);
+        var result = await flow.Search(request, o.MaxK, o.MaxTextChars);
         return result with { ShardSilos = [.. _silos] };
     }
+
+    public async Task<PilotQuery[]> PilotQueries() => [.. await Flow().OwnPilotQueries()];
 
     private async Task<int> Dim(string expert)
     {

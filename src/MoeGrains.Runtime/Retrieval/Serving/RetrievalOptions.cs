@@ -28,6 +28,24 @@ public sealed class RetrievalOptions
     /// <summary>The embedding expert whose query embeddings the router compares with its pilots.</summary>
     public string RouterEncoder { get; set; } = "minilm";
 
+    /// <summary>
+    /// The router a search uses when it names none (<see cref="QueryRouter.Names"/>): default <c>weighted-fusion</c>,
+    /// the best router of the evaluation (README, Retrieval).
+    /// </summary>
+    public string Router { get; set; } = QueryRouter.Name(QueryRouter.DEFAULT);
+
+    /// <summary>
+    /// Other collections whose judged queries also train each collection's router (comma-separated; each domain's
+    /// pilots, as in the evaluation). Empty: a collection's router learns from its own judged queries only.
+    /// </summary>
+    public string PilotCollections { get; set; } = "";
+
+    /// <summary>
+    /// Folder of trained domain adapters (<c>moe eval retrieval --adapters minilm</c> writes them): an expert named
+    /// <c>adapter-med</c> in <see cref="Experts"/> is served from <c>{Adapters}/adapter-med.safetensors</c>.
+    /// </summary>
+    public string? Adapters { get; set; }
+
     /// <summary>Index shards per (collection, embedding expert), placed round-robin over the silos.</summary>
     public int Shards { get; set; } = 2;
 
@@ -51,6 +69,8 @@ public sealed class RetrievalOptions
 
     /// <summary>Most judged queries of a collection the router's pilots are built from (the first ones).</summary>
     public int MaxPilotQueries { get; set; } = 1000;
+
+    public IReadOnlyList<string> PilotCollectionList => [.. PilotCollections.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
 
     public IReadOnlyList<string> ExpertList => [.. Experts.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)];
 
