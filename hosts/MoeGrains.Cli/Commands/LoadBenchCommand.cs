@@ -25,7 +25,7 @@ internal static class LoadBenchCommand
     internal sealed record LoadReport(string Benchmark, int Clients, double Seconds, int Silos, int TokensPerRequest, long Requests, long Errors,
         double RequestsPerS, double TokensPerS, double SingleClientP50Ms, double P50Ms, double P90Ms, double P99Ms, double MaxMs,
         double P99OverSingleClientP50, int SilosBefore, int SilosAfter, double WarmupSeconds, long WorkingSetQuietBytes, long WorkingSetStartBytes,
-        long WorkingSetEndBytes, double MemoryGrowthPct, double MemoryGrowthFromQuietPct, int MaxBatchTokens, double MeanRequestsPerLayerPass,
+        long WorkingSetEndBytes, double MemoryGrowthPct, double MemoryGrowthFromQuietPct, double[] WorkingSetEvery5sMib, int MaxBatchTokens, double MeanRequestsPerLayerPass,
         double MeanCallsPerExpertPass, string[] ErrorKinds, string Machine);
 
     public static Command Create()
@@ -64,6 +64,7 @@ internal static class LoadBenchCommand
                 table.AddRow("requests per layer pass / calls per expert pass", $"{report.MeanRequestsPerLayerPass:F2} / {report.MeanCallsPerExpertPass:F2} (continuous batching up to {report.MaxBatchTokens} tokens)");
                 table.AddRow("silos before / after", $"{report.SilosBefore} / {report.SilosAfter}");
                 table.AddRow("working set over the measured run", $"{report.WorkingSetStartBytes / 1048576.0:F0} → {report.WorkingSetEndBytes / 1048576.0:F0} MiB ({report.MemoryGrowthPct:+0.0;-0.0}%, target < 10%)");
+                table.AddRow("working set every 5 s under load", string.Join(" ", report.WorkingSetEvery5sMib.Select(m => $"{m:F0}")) + " MiB");
                 table.AddRow($"working set from the quiet start (before a {report.WarmupSeconds:F0} s warm-up)", $"{report.WorkingSetQuietBytes / 1048576.0:F0} → {report.WorkingSetEndBytes / 1048576.0:F0} MiB ({report.MemoryGrowthFromQuietPct:+0.0;-0.0}%)");
                 AnsiConsole.Write(table);
             }
@@ -117,7 +118,21 @@ internal static class LoadBenchCommand
             listener.SetMeasurementEventCallback<long>((_, v, _, _) => { Interlocked.Increment(ref passes); Interlocked.Add(ref passCalls, v); });
             listener.Start();
             var measured = new LoadCounts();
+            // The raw working set every 5 s under load (no collection, so the clients are not paused): a plateau or a slope.
+            var series = new List<double>();
+            using var sampling = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            var sampler = Task.Run(async () =>
+            {
+                using var timer = new PeriodicTimer(TimeSpan.FromSeconds(5));
+                while (await timer.WaitForNextTickAsync(sampling.Token).ConfigureAwait(false))
+                {
+                    using var self = Process.GetCurrentProcess();
+                    lock (series) series.Add(Math.Round(self.WorkingSet64 / 1048576.0, 1));
+                }
+            }, sampling.Token);
             var elapsed = await Load(layer, request, clients, TimeSpan.FromSeconds(seconds), measured, ct);
+            await sampling.CancelAsync();
+            try { await sampler; } catch (OperationCanceledException) { }
             listener.Dispose();
             var memoryEnd = NativeHeap.SettledWorkingSet();
             // Errors count in the warm-up too: zero means zero from the first loaded request.
@@ -128,7 +143,7 @@ internal static class LoadBenchCommand
             return new LoadReport("load", clients, elapsed, silos, tokens, requests, errors, requests / elapsed, requests * tokens / elapsed,
                 p50Single, Ms(loaded, 50), Ms(loaded, 90), Ms(loaded, 99), loaded.GetMaxValue() * 1000.0 / Stopwatch.Frequency,
                 Ms(loaded, 99) / p50Single, silosBefore, silosAfter, warmup, memoryQuiet, memoryStart, memoryEnd, 100.0 * (memoryEnd - memoryStart) / memoryStart,
-                100.0 * (memoryEnd - memoryQuiet) / memoryQuiet,
+                100.0 * (memoryEnd - memoryQuiet) / memoryQuiet, [.. series],
                 maxBatchTokens, shares == 0 ? 1 : requests * 1_000_000.0 / shares, passes == 0 ? 1 : (double)passCalls / passes,
                 [.. measured.Kinds.Select(k => $"{k.Key}: {k.Value}")], BenchCommands.Machine());
         }

@@ -39,6 +39,29 @@ public static class NativeHeap
         }
     }
 
+    /// <summary>glibc's mallopt(M_ARENA_MAX, <paramref name="arenas"/>) for the whole process; false where there is no such call.</summary>
+    public static bool LimitArenas(int arenas)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(arenas, 1);
+        if (!OperatingSystem.IsLinux())
+        {
+            return false;
+        }
+        try
+        {
+            return MallOpt(ArenaMax, arenas) == 1;
+        }
+        catch (Exception e) when (e is EntryPointNotFoundException or DllNotFoundException)
+        {
+            return false;
+        }
+    }
+
+    private const int ArenaMax = -8; // M_ARENA_MAX in glibc's malloc.h
+
+    [DllImport("libc", EntryPoint = "mallopt")]
+    private static extern int MallOpt(int parameter, int value);
+
     [DllImport("libc", EntryPoint = "malloc_trim")]
     private static extern int MallocTrim(nuint pad);
 }

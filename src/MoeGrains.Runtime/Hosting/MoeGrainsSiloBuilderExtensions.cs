@@ -69,6 +69,10 @@ public static class MoeGrainsSiloBuilderExtensions
         section.Bind(eager);
         configure?.Invoke(eager);
         builder.UseSiloMetadata(SiloDevice.FromOptions(eager).Metadata());
+        if (eager.NativeHeapArenas > 0)
+        {
+            Diagnostics.NativeHeap.LimitArenas(eager.NativeHeapArenas); // before the silo's threads allocate tensors
+        }
         return builder;
     }
 
@@ -121,6 +125,7 @@ internal sealed class MoeGrainsOptionsValidator : IValidateOptions<MoeGrainsOpti
         if (o.BreakerCooldownMs < 0) errors.Add($"MoeGrains:BreakerCooldownMs must not be negative, got {o.BreakerCooldownMs}.");
         foreach (var hash in o.TrustedPluginSha256)
             if (!System.Text.RegularExpressions.Regex.IsMatch(hash, "^[0-9a-fA-F]{64}$")) errors.Add($"MoeGrains:TrustedPluginSha256 entry '{hash}' is not a SHA-256 in hex.");
+        if (o.NativeHeapArenas is < 0 or > 1024) errors.Add($"MoeGrains:NativeHeapArenas must be 0..1024, got {o.NativeHeapArenas}.");
         if (o.DeviceMemoryBudgetBytes < 0) errors.Add("MoeGrains:DeviceMemoryBudgetBytes must not be negative.");
         var device = o.Device.Trim().ToLowerInvariant();
         if (device is not ("auto" or "cpu") && !System.Text.RegularExpressions.Regex.IsMatch(device, "^cuda(:[0-9]+)?$"))
