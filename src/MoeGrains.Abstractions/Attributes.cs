@@ -17,4 +17,13 @@ public sealed class RouterAttribute(string name) : Attribute
     public string Name { get; } = name;
 
     public string? Description { get; init; }
+
+    /// <summary>
+    /// The router draws something once per sequence (THOR's expert per sequence): hosts give each sequence its own
+    /// instance, created with the setting <see cref="SequenceSeedSetting"/> that fixes the draw.
+    /// </summary>
+    public bool PerSequence { get; init; }
+
+    /// <summary>The setting that seeds a per-sequence router's draw.</summary>
+    public const string SequenceSeedSetting = "sequence_seed";
 }

@@ -37,9 +37,10 @@ internal static class GenerateCommand
         var scmoe = new Option<bool>("--scmoe") { Description = "Self-contrast decoding: the model's routing contrasted with rank-k routing (SCMoE)" };
         var alpha = new Option<double>("--alpha") { Description = "SCMoE plausibility threshold", DefaultValueFactory = _ => SelfContrastDecoding.DEFAULT_ALPHA };
         var beta = new Option<double>("--beta") { Description = "SCMoE contrast strength", DefaultValueFactory = _ => SelfContrastDecoding.DEFAULT_BETA };
+        var weakRank = new Option<int>("--weak-rank") { Description = "SCMoE weak pass: the single expert at this 0-based rank", DefaultValueFactory = _ => SelfContrastDecoding.DEFAULT_WEAK_RANK };
         var command = new Command("generate", "Continue a prompt with a trained language model, streaming tokens (in process or through a local cluster)")
         {
-            prompt, checkpoint, maxTokens, temperature, topP, seed, silos, gateway, model, threads, json, router, scmoe, alpha, beta,
+            prompt, checkpoint, maxTokens, temperature, topP, seed, silos, gateway, model, threads, json, router, scmoe, alpha, beta, weakRank,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -49,7 +50,7 @@ internal static class GenerateCommand
             };
             try
             {
-                var contrast = parse.GetValue(scmoe) ? new SelfContrastDecoding(parse.GetValue(alpha), parse.GetValue(beta)) : null;
+                var contrast = parse.GetValue(scmoe) ? new SelfContrastDecoding(parse.GetValue(alpha), parse.GetValue(beta)) { WeakRank = parse.GetValue(weakRank) } : null;
                 contrast?.Validate();
                 return await Run(parse.GetValue(prompt) ?? "", parse.GetValue(checkpoint)!, options, parse.GetValue(router), contrast,
                     parse.GetValue(silos), parse.GetValue(gateway), parse.GetValue(model)!, parse.GetValue(threads), parse.GetValue(json), ct);
@@ -118,7 +119,10 @@ internal static class GenerateCommand
         var context = file.Metadata.TryGetValue("max_position_embeddings", out var c) && int.TryParse(c, out var n) ? n : 0;
         // The same checks as the HTTP API and the session grain, before anything starts.
         GenerationRequestValidator.CheckOptions(options);
-        GenerationRequestValidator.CheckRouter(router, PluginCatalog.Load(CliPaths.Plugins));
+        var catalog = PluginCatalog.Load(CliPaths.Plugins);
+        GenerationRequestValidator.CheckRouter(router, catalog);
+        var experts = file.Metadata.TryGetValue("num_local_experts", out var ne) && int.TryParse(ne, out var en) ? en : (int?)null;
+        contrast?.Validate(experts);
         var ids = GenerationRequestValidator.CheckPrompt(prompt, tokenizer.Encode, context);
         options = options with { StopToken = TextTokenizers.StopToken(tokenizer) };
         set_num_threads(Math.Max(1, threads));
@@ -136,7 +140,9 @@ internal static class GenerateCommand
             {
                 if (client is null)
                 {
-                    var session = DecoderSession.InProcess(PluginCatalog.Load(CliPaths.Plugins), path, CliServices.Provider, "lm", routerName);
+                    // A per-sequence router (THOR per sequence) draws from the seed, as the session grain does.
+                    var modelRouter = file.Metadata.TryGetValue(Models.ModelSpec.RouterPluginKey, out var mr) ? mr : "topk";
+                    var session = DecoderSession.InProcess(catalog, path, CliServices.Provider, "lm", RouterNames.ForSequence(routerName, modelRouter, catalog, options.Seed));
                     sessions.Add(session);
                     expertsPerToken ??= () => [.. session.ExpertSlots.Select(e => (double)e / Math.Max(1, session.Position))];
                     return session.AppendAsync;
@@ -171,11 +177,12 @@ internal static class GenerateCommand
                 where = $"through a local cluster of {silos} silos";
             }
             IAsyncEnumerable<int> stream;
-            if (client is not null && contrast is null)
+            if (client is not null)
             {
-                // Through the cluster: the session grain generates and publishes each token on an Orleans stream.
-                where += ", streamed by the session grain";
-                stream = Streamed(client.GenerateAsync(modelName, ids, options, router, ct), e => expertsPerToken = () => e.ExpertsPerToken);
+                // Through the cluster: the session grain generates (SCMoE: both passes) and publishes each token on an Orleans stream.
+                where += contrast is null ? ", streamed by the session grain"
+                    : $", SCMoE (alpha {contrast.Alpha}, beta {contrast.Beta}, weak routing '{contrast.WeakRouter}') streamed by the session grain";
+                stream = Streamed(client.GenerateAsync(modelName, ids, options with { SelfContrast = contrast }, router, ct), e => expertsPerToken = () => e.ExpertsPerToken);
             }
             else
             {

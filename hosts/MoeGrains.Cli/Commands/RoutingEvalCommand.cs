@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;
+using Microsoft.Extensions.DependencyInjection;
 using MoeGrains.Checkpoints;
 using MoeGrains.Generation;
 using MoeGrains.Hosting;
@@ -40,6 +41,7 @@ internal static class RoutingEvalCommand
         var policies = new Option<string>("--policies") { Description = "Router plugins applied at inference to --checkpoint, and scmoe", DefaultValueFactory = _ => "topk,topp,capacity,rank,scmoe" };
         var windows = new Option<int>("--windows") { Description = "Held-out windows evaluated (each the model's context long)", DefaultValueFactory = _ => 24 };
         var babi = new Option<string?>("--babi") { Description = "bAbI tasks whose test questions are answered (e.g. qa1,qa6,qa15); the checkpoints must be trained on them (moe train --babi)" };
+        var answerOnly = new Option<bool>("--answer-only") { Description = "With --babi: the held-out loss (and the easy/hard split) over the answer tokens only, as models trained with --answer-only learn them" };
         var babiStories = new Option<int>("--babi-stories") { Description = "Test stories per bAbI task (0: all)", DefaultValueFactory = _ => 0 };
         var silos = new Option<int>("--silos") { Description = "Silos of the cluster generation speed is measured through (0: in process)", DefaultValueFactory = _ => 2 };
         var tokens = new Option<int>("--tokens") { Description = "Greedy tokens generated per policy for the speed", DefaultValueFactory = _ => 64 };
@@ -47,7 +49,7 @@ internal static class RoutingEvalCommand
         var json = new Option<bool>("--json") { Description = "Print one JSON object instead of the table" };
         var command = new Command("routing", "Routing policies on trained language models: held-out loss, bAbI accuracy, experts per token (easy/hard), FLOPs against top-2, tokens/s")
         {
-            checkpoint, trained, data, policies, windows, babi, babiStories, silos, tokens, threads, json,
+            checkpoint, trained, data, policies, windows, babi, babiStories, silos, tokens, threads, json, answerOnly,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -55,7 +57,8 @@ internal static class RoutingEvalCommand
             {
                 static string[] List(string? s) => s?.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries) ?? [];
                 return await Run(parse.GetValue(checkpoint)!, List(parse.GetValue(trained)), parse.GetValue(data), List(parse.GetValue(policies)), parse.GetValue(windows),
-                    List(parse.GetValue(babi)), parse.GetValue(babiStories), parse.GetValue(silos), parse.GetValue(tokens), parse.GetValue(threads), parse.GetValue(json), ct);
+                    List(parse.GetValue(babi)), parse.GetValue(babiStories), parse.GetValue(silos), parse.GetValue(tokens), parse.GetValue(threads), parse.GetValue(json),
+                    parse.GetValue(answerOnly), ct);
             }
             catch (Exception e) when (e is Contracts.CheckpointException or ArgumentException or InvalidDataException or FileNotFoundException or Contracts.UnknownExpertException or GenerationRequestException)
             {
@@ -79,7 +82,7 @@ internal static class RoutingEvalCommand
     }
 
     private static async Task<int> Run(string checkpoint, string[] trained, string? dataPath, string[] policies, int windowCount, string[] babiTasks, int babiStories,
-        int silos, int tokens, int threads, bool asJson, CancellationToken ct)
+        int silos, int tokens, int threads, bool asJson, bool answerOnly, CancellationToken ct)
     {
         if (policies.Length == 0 && trained.Length == 0 || windowCount < 1 || silos < 0 || tokens < 1 || babiStories < 0)
         {
@@ -99,8 +102,24 @@ internal static class RoutingEvalCommand
             dataPath ??= CliPaths.Data is { } d ? Path.Combine(d, "text", "tinyshakespeare.txt") : throw new ArgumentException("No text: pass --data or set MOEGRAINS_DATA.");
             heldOutText = File.ReadAllText(dataPath);
         }
-        int[][] Windows(Model m) => RoutingEvaluation.Windows(new TokenCorpus(m.Tokenizer.Encode(heldOutText)).HeldOut, m.Context, windowCount);
-        var windows = Windows(main);
+        if (answerOnly && babiFolder is null)
+        {
+            throw new ArgumentException("--answer-only needs --babi: only bAbI text has answers.");
+        }
+        (int[][] Windows, bool[][]? Targets) HeldOut(Model m)
+        {
+            if (!answerOnly)
+            {
+                return (RoutingEvaluation.Windows(new TokenCorpus(m.Tokenizer.Encode(heldOutText)).HeldOut, m.Context, windowCount), null);
+            }
+            // The training text as moe train --answer-only encodes it; only the answer tokens are targets.
+            var (ids, mask) = BabiTasks.Tokens(BabiTasks.TrainingStories(babiFolder!, babiTasks), m.Tokenizer.Encode);
+            var corpus = new TokenCorpus(ids, 0.1, mask);
+            var offsets = TokenCorpus.EvaluationOffsets(corpus.HeldOut.Length, m.Context, windowCount);
+            int Length(int o) => Math.Min(m.Context, corpus.HeldOut.Length - o);
+            return ([.. offsets.Select(o => corpus.HeldOut.AsSpan(o, Length(o)).ToArray())], [.. offsets.Select(o => corpus.HeldOutMask!.AsSpan(o, Length(o)).ToArray())]);
+        }
+        var (windows, mainTargets) = HeldOut(main);
         var babiStoriesByTask = babiFolder is null ? [] : babiTasks.Select(t =>
         {
             var all = BabiTasks.Load(BabiTasks.File(babiFolder, t, "test"), t);
@@ -144,7 +163,11 @@ internal static class RoutingEvalCommand
             : items[m.Tokenizer.Name + m.Tokenizer.VocabSize + m.Context] = [.. babiStoriesByTask.Select(s => BabiItem.From(s, m.Tokenizer.Encode))];
         async Task<HeldOutDetail> Detail(RoutingEvaluation evaluation, Model m, string? router, string key)
         {
-            if (!details.TryGetValue(key, out var d)) details[key] = d = await evaluation.HeldOutDetailAsync(router, m == main ? windows : Windows(m), ct);
+            if (!details.TryGetValue(key, out var d))
+            {
+                var (w, t) = m == main ? (windows, mainTargets) : HeldOut(m);
+                details[key] = d = await evaluation.HeldOutDetailAsync(router, w, ct, t);
+            }
             return d;
         }
         // Easy and hard tokens: by the reference checkpoint's per-token loss with its own router (lowest and highest quarter).
@@ -177,7 +200,11 @@ internal static class RoutingEvalCommand
                     var strong = (await Detail(mainEval, main, null, main.Router)).ExpertsPerTokenByLayer;
                     var weak = (await Detail(mainEval, main, contrast.WeakRouter, contrast.WeakRouter)).ExpertsPerTokenByLayer;
                     var both = strong.Zip(weak, (a, b) => a + b).ToArray();
-                    var speed = await RoutingEvaluation.SpeedAsync(contrast.Step(Session(main, null), Session(main, contrast.WeakRouter)), prompt, tokens, main.Context, ct);
+                    // Through the cluster the session grain runs both passes and streams the contrasted tokens.
+                    var speed = cluster is null
+                        ? await RoutingEvaluation.SpeedAsync(contrast.Step(Session(main, null), Session(main, contrast.WeakRouter)), prompt, tokens, main.Context, ct)
+                        : await RoutingEvaluation.StreamSpeedAsync(GenerationStreams.GenerateAsync(cluster.Silos[0].Services.GetRequiredService<IClusterClient>(), main.Key, prompt,
+                            new GenerationOptions { MaxTokens = tokens, Temperature = 0, SelfContrast = contrast }, null, ct), ct);
                     var acc = babiFolder is null ? null : await mainEval.BabiAsync(null, Items(main), main.Context, contrast, ct);
                     results.Add(new RoutingPolicyResult("scmoe", null, both.Average(), both, both.Average() / 2, speed) { Checkpoint = main.Path, BabiAccuracy = acc });
                 }
@@ -205,12 +232,12 @@ internal static class RoutingEvalCommand
             foreach (var o in opened) await o.DisposeAsync();
         }
 
-        var heldOutTokens = windows.Sum(w => w.Length - 1);
+        var heldOutTokens = mainTargets is null ? windows.Sum(w => w.Length - 1) : mainTargets.Sum(t => t.Skip(1).Count(x => x));
         if (asJson)
         {
             Console.WriteLine(JsonSerializer.Serialize(new
             {
-                checkpoint = main.Path, data = dataPath, heldout_windows = windows.Length, heldout_tokens = heldOutTokens, silos, generated_tokens = tokens,
+                checkpoint = main.Path, data = dataPath, answer_only = answerOnly, heldout_windows = windows.Length, heldout_tokens = heldOutTokens, silos, generated_tokens = tokens,
                 babi_tasks = babiTasks, babi_questions = babiStoriesByTask.GroupBy(s => s.Task).ToDictionary(g => g.Key, g => g.Sum(s => s.Questions.Length)),
                 easy_hard = "easy: held-out positions whose next-token loss under the reference checkpoint (its own router) is in the lowest quarter; hard: in the highest quarter",
                 policies = results.Select(p => new

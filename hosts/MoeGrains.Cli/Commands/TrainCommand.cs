@@ -31,6 +31,7 @@ internal static class TrainCommand
         var nullExperts = new Option<int>("--null-experts") { Description = "adamoe: null experts m", DefaultValueFactory = _ => 16 };
         var consistency = new Option<double>("--consistency-alpha") { Description = "thor: weight of the consistency (symmetric KL) loss", DefaultValueFactory = _ => 1.0 };
         var babi = new Option<string?>("--babi") { Description = "Train on these bAbI tasks' training stories instead of --data (e.g. qa1,qa6,qa15)" };
+        var answerOnly = new Option<bool>("--answer-only") { Description = "With --babi: the loss counts the answer tokens only (the story and question tokens are inputs, not targets)" };
         var dFf = new Option<int>("--d-ff") { Description = "Expert inner size", DefaultValueFactory = _ => 256 };
         var context = new Option<int?>("--context") { Description = "max_position_embeddings (default: --block)" };
         var block = new Option<int>("--block") { Description = "Tokens per training window", DefaultValueFactory = _ => 128 };
@@ -55,7 +56,7 @@ internal static class TrainCommand
         var command = new Command("train", "Train the reference Mixtral-style MoE language model on a text file (CPU)")
         {
             data, output, tokenizer, layers, dModel, heads, kvHeads, experts, topK, dFf, context, block, batch, steps, minutes, lr, minLr, warmup,
-            weightDecay, auxCoef, evalEvery, evalWindows, checkpointEvery, logEvery, seed, threads, resume, json, router, topP, entropyCoef, nullExperts, consistency, babi,
+            weightDecay, auxCoef, evalEvery, evalWindows, checkpointEvery, logEvery, seed, threads, resume, json, router, topP, entropyCoef, nullExperts, consistency, babi, answerOnly,
         };
         command.SetAction((parse, ct) =>
         {
@@ -150,13 +151,26 @@ internal static class TrainCommand
                 Console.Error.WriteLine($"The text cannot be encoded with the checkpoint's tokenizer: {e.Message}");
                 return Task.FromResult(2);
             }
-            var corpus = new TokenCorpus(ids, 0.1);
+            var answersOnly = parse.GetValue(answerOnly);
+            if (answersOnly && babiTasks is not { Length: > 0 })
+            {
+                Console.Error.WriteLine("--answer-only needs --babi: only bAbI text has answers.");
+                return Task.FromResult(2);
+            }
+            bool[]? mask = null;
+            if (answersOnly)
+            {
+                // The same stories as the text, encoded story by story, each answer token marked.
+                (ids, mask) = BabiTasks.Tokens(BabiTasks.TrainingStories(dataPath, babiTasks!), tok.Encode);
+            }
+            var corpus = new TokenCorpus(ids, 0.1, mask);
             using var model = new MixtralForCausalLM(config, options.Seed);
             model.ReseedRouting((int)options.Seed);
             var parameterCount = model.parameters().Sum(p => p.numel());
             var active = parameterCount - (long)config.NumHiddenLayers * (config.NumLocalExperts - config.NumExpertsPerTok) * 3L * config.HiddenSize * config.IntermediateSize;
             log.WriteLine($"{Path.GetFileName(dataPath)}: {text.Length:N0} characters, {ids.Length:N0} {tok.Name} tokens ({tok.VocabSize} in the vocabulary), " +
-                $"{corpus.Train.Length:N0} for training, the last {corpus.HeldOut.Length:N0} held out; encoded in {sw.ElapsedMilliseconds} ms");
+                $"{corpus.Train.Length:N0} for training, the last {corpus.HeldOut.Length:N0} held out; encoded in {sw.ElapsedMilliseconds} ms" +
+                (mask is null ? "" : $"; loss on the {mask.Count(m => m):N0} answer tokens only"));
             log.WriteLine($"model: {config.NumHiddenLayers} layers, d_model {config.HiddenSize}, {config.NumAttentionHeads} heads, {config.NumLocalExperts} SwiGLU experts " +
                 $"(d_ff {config.IntermediateSize}) top-{config.NumExpertsPerTok}, context {config.MaxPositionEmbeddings}: {parameterCount / 1e6:F2} M parameters, {active / 1e6:F2} M active per token");
             log.WriteLine($"routing: {config.RouterPolicy}" + config.RouterPolicy switch
@@ -193,7 +207,7 @@ internal static class TrainCommand
             {
                 Console.WriteLine(JsonSerializer.Serialize(new
                 {
-                    data = dataPath, babi_tasks = babiTasks, router = config.RouterPolicy, checkpoint = folder, tokenizer = tok.Name, vocab_size = tok.VocabSize, parameters = parameterCount, active_parameters = active,
+                    data = dataPath, babi_tasks = babiTasks, answer_only = answersOnly, router = config.RouterPolicy, checkpoint = folder, tokenizer = tok.Name, vocab_size = tok.VocabSize, parameters = parameterCount, active_parameters = active,
                     steps = summary.Steps, tokens = summary.Tokens, training_seconds = summary.TrainingTime.TotalSeconds, total_seconds = summary.TotalTime.TotalSeconds,
                     tokens_per_s = summary.TokensPerSecond, train_loss = summary.FinalTrainingLoss, heldout_loss = summary.HeldOutLoss, heldout_tokens = summary.HeldOutTokens,
                     stopped_by_time_budget = summary.StoppedByTimeBudget, threads = get_num_threads(), config,

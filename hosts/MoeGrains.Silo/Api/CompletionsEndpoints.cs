@@ -12,8 +12,8 @@ namespace MoeGrains.Silo.Api;
 
 /// <summary>
 /// <c>POST /v1/completions</c> in the form OpenAI-style clients speak: <c>model</c>, <c>prompt</c>, <c>max_tokens</c>,
-/// <c>temperature</c>, <c>top_p</c>, <c>seed</c>, <c>stream</c>, and <c>router</c> (or <c>policy</c>: a router plugin
-/// instead of the model's own). The prompt is tokenized here with the checkpoint's tokenizer; a decoder session grain
+/// <c>temperature</c>, <c>top_p</c>, <c>seed</c>, <c>stream</c>, <c>router</c> (or <c>policy</c>: a router plugin
+/// instead of the model's own) and <c>scmoe</c> (self-contrast decoding: <c>true</c> or <c>{"alpha", "beta", "weak_rank"}</c>). The prompt is tokenized here with the checkpoint's tokenizer; a decoder session grain
 /// generates and publishes the tokens on an Orleans stream, and they are sent on as they arrive: one JSON object, or
 /// server-sent events (<c>data: {...}</c> per token, the last chunk with <c>finish_reason</c>, then <c>data: [DONE]</c>).
 /// Every bad request is a 400 with <c>{"error": {"message", "type": "invalid_request_error", "param"}}</c> naming the field.
@@ -129,7 +129,7 @@ public static class CompletionsEndpoints
             };
             var moegrains = new JsonObject
             {
-                ["silo"] = last.Silo, ["seed"] = request.Options.Seed, ["router"] = request.Router, ["tokens_per_s"] = generated.Count / Math.Max(sw.Elapsed.TotalSeconds, 1e-9),
+                ["silo"] = last.Silo, ["seed"] = request.Options.Seed, ["router"] = request.Router, ["scmoe"] = request.Options.SelfContrast is not null, ["tokens_per_s"] = generated.Count / Math.Max(sw.Elapsed.TotalSeconds, 1e-9),
                 ["experts_per_token_by_layer"] = new JsonArray([.. last.ExpertsPerToken.Select(e => (JsonNode?)e)]),
             };
             if (request.Stream)
@@ -263,7 +263,50 @@ public static class CompletionsEndpoints
         }
         var context = file.Metadata.TryGetValue("max_position_embeddings", out var c) && int.TryParse(c, out var n) ? n : 0;
         var ids = GenerationRequestValidator.CheckPrompt(prompt, tokenizer.Encode, context);
-        return new Completion(model!, prompt!, ids, tokenizer, options with { StopToken = TextTokenizers.StopToken(tokenizer) }, router, stream);
+        var experts = file.Metadata.TryGetValue("num_local_experts", out var ex) && int.TryParse(ex, out var ne) ? ne : (int?)null;
+        var contrast = SelfContrast(root, experts);
+        return new Completion(model!, prompt!, ids, tokenizer, options with { StopToken = TextTokenizers.StopToken(tokenizer), SelfContrast = contrast }, router, stream);
+    }
+
+    /// <summary>
+    /// <c>scmoe</c>: self-contrast decoding, <c>true</c> (the defaults) or <c>{"alpha", "beta", "weak_rank"}</c> (each
+    /// optional); an error names the field (<c>scmoe.alpha</c>, ...).
+    /// </summary>
+    private static SelfContrastDecoding? SelfContrast(JsonElement root, int? experts)
+    {
+        const string field = GenerationRequestValidator.ScmoeField;
+        if (!Present(root, field, out var v) || v.ValueKind == JsonValueKind.False)
+        {
+            return null;
+        }
+        SelfContrastDecoding contrast;
+        if (v.ValueKind == JsonValueKind.True)
+        {
+            contrast = new SelfContrastDecoding();
+        }
+        else if (v.ValueKind == JsonValueKind.Object)
+        {
+            foreach (var p in v.EnumerateObject())
+            {
+                if (p.Name is not ("alpha" or "beta" or "weak_rank"))
+                {
+                    throw new GenerationRequestException($"{field}.{p.Name}", $"Unknown SCMoE parameter '{p.Name}' (known: alpha, beta, weak_rank).");
+                }
+            }
+            double? Param(string name) => !Present(v, name, out var x) ? null
+                : x.ValueKind == JsonValueKind.Number && x.TryGetDouble(out var d) ? d
+                : throw new GenerationRequestException($"{field}.{name}", $"{field}.{name} must be a number, got {x.GetRawText()}.");
+            var rank = !Present(v, "weak_rank", out var r) ? SelfContrastDecoding.DEFAULT_WEAK_RANK
+                : r.ValueKind == JsonValueKind.Number && r.TryGetInt32(out var ri) ? ri
+                : throw new GenerationRequestException(GenerationRequestValidator.ScmoeWeakRankField, $"{field}.weak_rank must be an integer, got {r.GetRawText()}.");
+            contrast = new SelfContrastDecoding(Param("alpha") ?? SelfContrastDecoding.DEFAULT_ALPHA, Param("beta") ?? SelfContrastDecoding.DEFAULT_BETA) { WeakRank = rank };
+        }
+        else
+        {
+            throw new GenerationRequestException(field, $"{field} must be true, false or an object {{\"alpha\", \"beta\", \"weak_rank\"}}, got {v.GetRawText()}.");
+        }
+        contrast.Validate(experts);
+        return contrast;
     }
 
     private static string? Prompt(JsonElement root)

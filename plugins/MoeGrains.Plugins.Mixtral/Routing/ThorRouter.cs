@@ -13,10 +13,11 @@ public sealed class ThorRouter(PluginContext context) : ThorRouterBase(context, 
 
 /// <summary>
 /// THOR with one random expert per sequence (THOR's inference level 1): the expert is drawn when the router is
-/// created, which is once per decoder session in process. Through the cluster the router grain of a layer is shared by
-/// sessions, so there the draw is per router activation, not per sequence.
+/// created from the seed, the layer and the setting <c>sequence_seed</c>. Marked per sequence, so hosts create one
+/// instance per sequence with that sequence's seed (a decoder session, in process or through the cluster, passes it):
+/// the same sequence seed draws the same experts wherever the router runs. Without the setting each instance draws anew.
 /// </summary>
-[Router("thor-seq", Description = "THOR: a random expert per sequence (per router instance)")]
+[Router("thor-seq", Description = "THOR: a random expert per sequence", PerSequence = true)]
 public sealed class ThorSequenceRouter(PluginContext context) : ThorRouterBase(context, "thor-seq", perSequence: true);
 
 public abstract class ThorRouterBase : IRouter
@@ -36,8 +37,12 @@ public abstract class ThorRouterBase : IRouter
             throw new ArgumentOutOfRangeException(nameof(context), "num_local_experts must be positive.");
         }
         _perSequence = perSequence;
-        // Per token: the seed and layer fix the draws. Per sequence: each instance (session) draws anew, in a reproducible order.
-        var seed = unchecked((int)context.Seed * 7919 + context.Layer * 104729 + (perSequence ? Interlocked.Increment(ref s_instances) * 15485863 : 0));
+        // Per token: the seed and layer fix the draws. Per sequence: the sequence's seed (or, without one, each instance
+        // draws anew, in a reproducible order).
+        var sequence = !perSequence ? 0
+            : context.Settings.ContainsKey(RouterAttribute.SequenceSeedSetting) ? context.GetInt(RouterAttribute.SequenceSeedSetting)
+            : Interlocked.Increment(ref s_instances);
+        var seed = unchecked((int)context.Seed * 7919 + context.Layer * 104729 + sequence * 15485863);
         _random = new Random(seed);
         _sequenceExpert = _random.Next(_experts);
         Descriptor = new RouterDescriptor(name, _experts, 1) { Description = perSequence ? "a random expert per sequence" : "a random expert per token" };

@@ -88,15 +88,50 @@ public static class BabiTasks
     /// The training text of several tasks: their training stories interleaved (one of each task in turn), so that any
     /// stretch of the text, the held-out last 10% included, mixes the tasks.
     /// </summary>
-    public static string TrainingText(string folder, IReadOnlyList<string> tasks)
+    public static string TrainingText(string folder, IReadOnlyList<string> tasks) => Text(TrainingStories(folder, tasks));
+
+    /// <summary>The training stories of several tasks, interleaved (one of each task in turn): the stories of <see cref="TrainingText"/>.</summary>
+    public static List<BabiStory> TrainingStories(string folder, IReadOnlyList<string> tasks)
     {
+        ArgumentNullException.ThrowIfNull(tasks);
+        if (tasks.Count == 0)
+        {
+            throw new ArgumentException("Name at least one bAbI task.", nameof(tasks));
+        }
         var all = tasks.Select(t => Load(File(folder, t, "train"), t)).ToList();
         var interleaved = new List<BabiStory>();
         for (var i = 0; i < all.Max(s => s.Count); i++)
         {
             foreach (var list in all.Where(l => i < l.Count)) interleaved.Add(list[i]);
         }
-        return Text(interleaved);
+        return interleaved;
+    }
+
+    /// <summary>
+    /// The stories as token ids (each as <see cref="BabiItem.From"/> encodes it, then the blank line) and, for each id,
+    /// whether it is an answer token: the loss mask of training on the answers only.
+    /// </summary>
+    public static (int[] Ids, bool[] AnswerMask) Tokens(IEnumerable<BabiStory> stories, Func<string, int[]> encode)
+    {
+        ArgumentNullException.ThrowIfNull(stories);
+        ArgumentNullException.ThrowIfNull(encode);
+        var ids = new List<int>();
+        var mask = new List<bool>();
+        var blank = encode("\n");
+        foreach (var story in stories)
+        {
+            var item = BabiItem.From(story, encode);
+            var answers = new bool[item.Tokens.Length];
+            foreach (var (pos, answer) in item.Questions)
+            {
+                for (var j = 0; j < answer.Length; j++) answers[pos + 1 + j] = true;
+            }
+            ids.AddRange(item.Tokens);
+            mask.AddRange(answers);
+            ids.AddRange(blank);
+            mask.AddRange(new bool[blank.Length]);
+        }
+        return ([.. ids], [.. mask]);
     }
 }
 

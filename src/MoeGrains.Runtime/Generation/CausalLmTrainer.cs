@@ -128,13 +128,17 @@ public sealed class CausalLmTrainer(nn.Module model, CausalLmLossFunction loss, 
         foreach (var chunk in offsets.Chunk(EvalBatch))
         {
             using var scope = NewDisposeScope();
-            var (x, y) = TokenCorpus.Windows(corpus.HeldOut, chunk, options.BlockSize);
+            var (x, y) = TokenCorpus.Windows(corpus.HeldOut, chunk, options.BlockSize, corpus.HeldOutMask);
+            var n = corpus.HeldOutMask is null ? (long)chunk.Length * options.BlockSize : y.ne(TokenCorpus.IgnoredTarget).sum().item<long>();
+            if (n == 0)
+            {
+                continue; // no target in these windows (a loss mask)
+            }
             var (_, lm, _) = loss(x, y);
-            var n = (long)chunk.Length * options.BlockSize;
             sum += lm.item<float>() * n;
             tokens += n;
         }
-        return (sum / tokens, tokens);
+        return tokens == 0 ? (double.NaN, 0) : (sum / tokens, tokens);
     }
 
     private void Save(string folder, string configJson, IReadOnlyDictionary<string, string> metadata, AdamW optimizer, long step, TimeSpan elapsed)

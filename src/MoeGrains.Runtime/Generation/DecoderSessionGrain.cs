@@ -21,6 +21,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
     IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire, ILogger<DecoderSessionGrain> logger) : Grain, IDecoderSessionGrain
 {
     private DecoderSession? _session;
+    private DecoderSession? _weak; // SCMoE's weak pass, with its own KV cache
     private string? _router;
     private Task? _generation;
     private CancellationTokenSource? _cancelGeneration;
@@ -45,7 +46,9 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             throw new GenerationRequestException($"This session routes with '{_router ?? "the model's router"}'; start a new session for '{router ?? "the model's router"}'.");
         }
         _router = router;
-        var session = _session ??= await Start(router, cancellationToken);
+        // A per-sequence router (THOR per sequence) draws from the session's key: each session is a sequence.
+        var session = _session ??= await Start(RouterNames.ForSequence(router, models.Get(ModelName()).RouterPlugin, plugins, RouterNames.Seed(this.GetPrimaryKeyString())),
+            "", cancellationToken);
         if (session.Position + tokens.Length > session.ContextLength && session.Position == 0)
         {
             throw new GenerationRequestException($"The prompt has {tokens.Length} tokens; the model's context holds {session.ContextLength}.");
@@ -73,9 +76,21 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         }
         GenerationRequestValidator.CheckOptions(generation);
         GenerationRequestValidator.CheckRouter(router, plugins);
-        var session = await Start(router, cancellationToken);
+        var spec = models.Get(ModelName());
+        var contrast = generation.SelfContrast;
+        contrast?.Validate(spec.Experts);
+        // A per-sequence router (THOR per sequence) draws from the request's seed, as it does in process.
+        var session = await Start(RouterNames.ForSequence(router, spec.RouterPlugin, plugins, generation.Seed), "", cancellationToken);
         _session = session;
         _router = router;
+        DecoderStepAsync step = session.AppendAsync;
+        if (contrast is not null)
+        {
+            // SCMoE: the weak pass is a second backbone state (KV cache) of this session whose layers route rank-k,
+            // through the same layer and expert grains.
+            var weak = _weak = await Start(contrast.WeakRouter, "#weak", cancellationToken);
+            step = contrast.Step(session.AppendAsync, weak.AppendAsync);
+        }
         GenerationRequestValidator.CheckPromptTokens(prompt.Length, session.ContextLength);
         if (prompt.Any(t => t < 0 || t >= session.VocabSize))
         {
@@ -84,18 +99,19 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         var stream = this.GetStreamProvider(GenerationStreams.ProviderName).GetStream<GenerationEvent>(GenerationStreams.Id(this.GetPrimaryKeyString()));
         var cancel = _cancelGeneration = new CancellationTokenSource();
         // Runs on this activation, between the calls it receives; Close cancels it.
-        _generation = Run(session, prompt, generation, stream, cancel.Token);
+        _generation = Run(session, step, prompt, generation, stream, cancel.Token);
         return new GenerationStarted(prompt.Length, session.ContextLength, RuntimeIdentity);
     }
 
-    private async Task Run(DecoderSession session, int[] prompt, GenerationOptions generation, IAsyncStream<GenerationEvent> stream, CancellationToken cancellationToken)
+    private async Task Run(DecoderSession session, DecoderStepAsync step, int[] prompt, GenerationOptions generation, IAsyncStream<GenerationEvent> stream,
+        CancellationToken cancellationToken)
     {
         long sequence = 0;
         var finish = FinishReason.Length;
         string? error = null;
         try
         {
-            await foreach (var token in TextGeneration.GenerateAsync(session.AppendAsync, prompt, generation, session.ContextLength, cancellationToken))
+            await foreach (var token in TextGeneration.GenerateAsync(step, prompt, generation, session.ContextLength, cancellationToken))
             {
                 // The loop is not a call: keep the activation from being collected as idle while it runs.
                 DelayDeactivation(GenerationKeepAlive);
@@ -116,7 +132,8 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         }
         try
         {
-            var perToken = session.ExpertSlots.Select(e => (double)e / Math.Max(1, session.Position)).ToArray();
+            // SCMoE counts both passes' experts.
+            var perToken = session.ExpertSlots.Select((e, l) => (double)(e + (_weak?.ExpertSlots[l] ?? 0)) / Math.Max(1, session.Position)).ToArray();
             var end = GenerationEvent.End(sequence, finish, error) with { ExpertsPerToken = perToken, Silo = RuntimeIdentity };
             _published.Add(end);
             await stream.OnNextAsync(end);
@@ -156,7 +173,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         return Task.FromResult(fromSequence < 0 ? [] : _published.Skip((int)Math.Min(fromSequence, int.MaxValue)).ToArray());
     }
 
-    private Task<DecoderSession> Start(string? router, CancellationToken cancellationToken)
+    private string ModelName()
     {
         var key = this.GetPrimaryKeyString();
         var slash = key.IndexOf('/');
@@ -164,14 +181,22 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         {
             throw new UnknownExpertException($"'{key}' is not a session key (model/session).");
         }
-        var model = key[..slash];
+        return key[..slash];
+    }
+
+    /// <summary>A backbone state of this session routed by <paramref name="router"/>; <paramref name="pass"/> tells its routing traces apart.</summary>
+    private async Task<DecoderSession> Start(string? router, string pass, CancellationToken cancellationToken)
+    {
+        var key = this.GetPrimaryKeyString() + pass;
+        var model = ModelName();
         var spec = models.Get(model);
+        DecoderSession? created = null;
         var file = models.File(model);
         var lane = device.Lane;
-        return lane.RunAsync(() => DecoderSession.Create(plugins, spec, file, device.Device, services, async (layer, hidden, ct) =>
+        created = await lane.RunAsync(() => DecoderSession.Create(plugins, spec, file, device.Device, services, async (layer, hidden, ct) =>
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(hidden, TensorDType.Float32, wire.Value.MaxTensorBytes), ct);
-            var start = _session?.Position ?? 0;
+            var start = created?.Position ?? 0;
             var ids = Enumerable.Range(0, (int)hidden.shape[0]).Select(i => RoutingTraces.TokenId(key, start + i)).ToArray();
             var request = new MoeLayerRequest(payload) { Router = router, TokenIds = ids };
             MoeLayerResult result;
@@ -197,6 +222,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             _bytes += result.CrossSiloBytes;
             return new MoeLayerAnswer(await lane.RunAsync(() => result.Output.ToTensor(device.Device), ct), result.Calls.Sum(c => c.Tokens));
         }, lane), cancellationToken);
+        return created;
     }
 
     public async Task Close()
@@ -228,12 +254,15 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
 
     private void Release()
     {
-        var session = _session;
-        _session = null;
-        if (session is not null)
+        foreach (var session in new[] { _session, _weak })
         {
-            // Released on the device thread, where its tensors live; nothing waits for it.
-            _ = device.Lane.RunAsync(() => { session.Dispose(); return true; });
+            if (session is not null)
+            {
+                // Released on the device thread, where its tensors live; nothing waits for it.
+                _ = device.Lane.RunAsync(() => { session.Dispose(); return true; });
+            }
         }
+        _session = null;
+        _weak = null;
     }
 }

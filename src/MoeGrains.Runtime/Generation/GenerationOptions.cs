@@ -24,6 +24,9 @@ public sealed record GenerationOptions
     /// <summary>Stop after this token (for instance GPT-2's end of text), or null.</summary>
     [Id(4)] public int? StopToken { get; init; }
 
+    /// <summary>Self-contrast decoding (SCMoE): the tokens are chosen from the contrast of the strong routing and rank-k routing; null: plain decoding.</summary>
+    [Id(5)] public SelfContrastDecoding? SelfContrast { get; init; }
+
     public bool Greedy => Temperature == 0;
 
     /// <summary>Throws <see cref="GenerationRequestException"/> naming the first bad value of a request.</summary>

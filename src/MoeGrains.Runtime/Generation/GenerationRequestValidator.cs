@@ -18,6 +18,10 @@ public static class GenerationRequestValidator
     public const string TemperatureField = "temperature";
     public const string TopPField = "top_p";
     public const string RouterField = "router";
+    public const string ScmoeField = "scmoe";
+    public const string ScmoeAlphaField = "scmoe.alpha";
+    public const string ScmoeBetaField = "scmoe.beta";
+    public const string ScmoeWeakRankField = "scmoe.weak_rank";
 
     /// <summary>The model must be one of those served.</summary>
     public static void CheckModel(string? model, IReadOnlyCollection<string> served)
@@ -91,7 +95,8 @@ public static class GenerationRequestValidator
         }
     }
 
-    /// <summary>max tokens in 1..<see cref="GenerationOptions.MAX_NEW_TOKENS"/>, temperature in 0..100 (0 greedy), top-p in (0, 1].</summary>
+    /// <summary>max tokens in 1..<see cref="GenerationOptions.MAX_NEW_TOKENS"/>, temperature in 0..100 (0 greedy), top-p in (0, 1],
+    /// SCMoE's alpha in (0, 1], beta finite and not negative, weak rank not negative.</summary>
     public static void CheckOptions(GenerationOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
@@ -107,6 +112,7 @@ public static class GenerationRequestValidator
         {
             throw new GenerationRequestException(TopPField, $"top-p must be greater than 0 and at most 1, got {options.TopP}.");
         }
+        options.SelfContrast?.Validate();
     }
 
     private static string Served(IReadOnlyCollection<string> served) => served.Count == 0 ? "none" : string.Join(", ", served.Order(StringComparer.Ordinal));

@@ -53,28 +53,40 @@ public sealed class RoutingEvaluation(PluginCatalog plugins, string checkpointPa
         return (detail.Loss, detail.ExpertsPerTokenByLayer);
     }
 
-    /// <summary>As <see cref="HeldOutAsync"/>, with each position's loss and experts.</summary>
-    public async Task<HeldOutDetail> HeldOutDetailAsync(string? router, IReadOnlyList<int[]> windows, CancellationToken cancellationToken = default)
+    /// <summary>
+    /// As <see cref="HeldOutAsync"/>, with each position's loss and experts. With <paramref name="targets"/> (per window,
+    /// per token: whether it is a target), only the positions predicting a target count (bAbI's answers).
+    /// </summary>
+    public async Task<HeldOutDetail> HeldOutDetailAsync(string? router, IReadOnlyList<int[]> windows, CancellationToken cancellationToken = default,
+        IReadOnlyList<bool[]>? targets = null)
     {
+        ArgumentNullException.ThrowIfNull(windows);
+        if (targets is not null && (targets.Count != windows.Count || targets.Where((t, i) => t.Length != windows[i].Length).Any()))
+        {
+            throw new ArgumentException("The targets must match the windows, token for token.", nameof(targets));
+        }
         double nll = 0;
         long predicted = 0, fed = 0;
         double[]? slots = null;
         var tokenLoss = new List<float>();
         var tokenExperts = new List<int>();
         var perToken = true;
-        foreach (var window in windows)
+        for (var w = 0; w < windows.Count; w++)
         {
+            var window = windows[w];
+            bool Counts(int i) => targets is null || targets[w][i + 1];
             using var session = DecoderSession.InProcess(plugins, checkpointPath, services, "eval", router);
             var logits = await session.AppendAllAsync([.. window.Select(t => (long)t)], cancellationToken);
             for (var i = 0; i + 1 < window.Length; i++)
             {
+                if (!Counts(i)) continue;
                 var l = NegativeLogLikelihood(logits[i], window[i + 1]);
                 nll += l;
                 tokenLoss.Add((float)l);
                 predicted++;
             }
             perToken &= session.TokenExperts.Count == window.Length;
-            if (perToken) tokenExperts.AddRange(session.TokenExperts.Take(window.Length - 1));
+            if (perToken) tokenExperts.AddRange(session.TokenExperts.Take(window.Length - 1).Where((_, i) => Counts(i)));
             slots ??= new double[session.ExpertSlots.Length];
             for (var l = 0; l < slots.Length; l++) slots[l] += session.ExpertSlots[l];
             fed += window.Length;
@@ -165,6 +177,24 @@ public sealed class RoutingEvaluation(PluginCatalog plugins, string checkpointPa
         var n = 0;
         await foreach (var _ in TextGeneration.GenerateAsync(step, prompt, new GenerationOptions { MaxTokens = tokens, Temperature = 0 }, context, cancellationToken))
         {
+            n++;
+        }
+        return n / sw.Elapsed.TotalSeconds;
+    }
+
+    /// <summary>The streamed tokens per second of a generation (the events of <see cref="GenerationStreams.GenerateAsync"/>, say).</summary>
+    public static async Task<double> StreamSpeedAsync(IAsyncEnumerable<GenerationEvent> events, CancellationToken cancellationToken = default)
+    {
+        ArgumentNullException.ThrowIfNull(events);
+        var sw = Stopwatch.StartNew();
+        var n = 0;
+        await foreach (var e in events.WithCancellation(cancellationToken))
+        {
+            if (e.IsEnd)
+            {
+                if (e.Finish == FinishReason.Error) throw new InvalidOperationException($"The generation failed: {e.Error}");
+                break;
+            }
             n++;
         }
         return n / sw.Elapsed.TotalSeconds;

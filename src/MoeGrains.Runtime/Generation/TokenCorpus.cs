@@ -5,24 +5,41 @@ namespace MoeGrains.Generation;
 /// <summary>
 /// A tokenized text split into training tokens and held-out tokens (the last <c>heldOutFraction</c>). Training batches
 /// are drawn from a seed and the step number only, so a resumed run sees exactly the batches it would have seen.
+/// With a loss mask, only the marked tokens are targets: the others are given the target <see cref="IgnoredTarget"/>,
+/// which cross-entropy skips (bAbI trained on its answers only).
 /// </summary>
 public sealed class TokenCorpus
 {
-    public TokenCorpus(IReadOnlyList<int> ids, double heldOutFraction = 0.1)
+    /// <summary>The target of a position that does not count in the loss (cross-entropy's default ignore index).</summary>
+    public const long IgnoredTarget = -100;
+
+    public TokenCorpus(IReadOnlyList<int> ids, double heldOutFraction = 0.1, IReadOnlyList<bool>? lossMask = null)
     {
         ArgumentNullException.ThrowIfNull(ids);
         if (heldOutFraction is < 0 or >= 1 || double.IsNaN(heldOutFraction))
         {
             throw new ArgumentOutOfRangeException(nameof(heldOutFraction), "The held-out fraction must be in [0, 1).");
         }
+        if (lossMask is not null && lossMask.Count != ids.Count)
+        {
+            throw new ArgumentException($"The loss mask has {lossMask.Count} entries for {ids.Count} tokens.", nameof(lossMask));
+        }
         var split = (int)Math.Round(ids.Count * (1 - heldOutFraction));
         Train = ids.Take(split).ToArray();
         HeldOut = ids.Skip(split).ToArray();
+        TrainMask = lossMask?.Take(split).ToArray();
+        HeldOutMask = lossMask?.Skip(split).ToArray();
     }
 
     public int[] Train { get; }
 
     public int[] HeldOut { get; }
+
+    /// <summary>Which training tokens are targets of the loss (null: all).</summary>
+    public bool[]? TrainMask { get; }
+
+    /// <summary>Which held-out tokens are targets of the loss (null: all).</summary>
+    public bool[]? HeldOutMask { get; }
 
     /// <summary>
     /// Training batch <paramref name="step"/>: <paramref name="batch"/> windows of <paramref name="block"/> tokens at offsets
@@ -40,7 +57,7 @@ public sealed class TokenCorpus
         {
             offsets[b] = random.Next(0, Train.Length - block - 1);
         }
-        return Windows(Train, offsets, block);
+        return Windows(Train, offsets, block, TrainMask);
     }
 
     private static int Mix(long seed, long step)
@@ -65,7 +82,9 @@ public sealed class TokenCorpus
         return all;
     }
 
-    public static (Tensor Inputs, Tensor Targets) Windows(int[] ids, IReadOnlyList<int> offsets, int block)
+    /// <summary>Windows of <paramref name="block"/> tokens at <paramref name="offsets"/> and their next tokens; a target that
+    /// <paramref name="mask"/> does not mark is <see cref="IgnoredTarget"/>.</summary>
+    public static (Tensor Inputs, Tensor Targets) Windows(int[] ids, IReadOnlyList<int> offsets, int block, bool[]? mask = null)
     {
         var x = new long[offsets.Count * block];
         var y = new long[offsets.Count * block];
@@ -74,7 +93,8 @@ public sealed class TokenCorpus
             for (var t = 0; t < block; t++)
             {
                 x[b * block + t] = ids[offsets[b] + t];
-                y[b * block + t] = ids[offsets[b] + t + 1];
+                var target = offsets[b] + t + 1;
+                y[b * block + t] = mask is null || mask[target] ? ids[target] : IgnoredTarget;
             }
         }
         return (tensor(x, [offsets.Count, block]), tensor(y, [offsets.Count, block]));

@@ -12,7 +12,11 @@ namespace MoeGrains.Grains;
 [StatelessWorker]
 internal sealed class RouterGrain(ModelCatalog models, PluginCatalog plugins, SiloDevice device, IServiceProvider services) : Grain, IRouterGrain
 {
+    /// <summary>Instances made for one request or sequence (names with settings) kept at most; the oldest goes first.</summary>
+    public const int MAX_SETTING_INSTANCES = 64;
+
     private readonly Dictionary<string, IRouter> _routers = new(StringComparer.OrdinalIgnoreCase);
+    private readonly Queue<string> _withSettings = new();
 
     public Task<RoutingResult> Route(WireTensor hidden, bool[]? available, string? router)
     {
@@ -23,6 +27,16 @@ internal sealed class RouterGrain(ModelCatalog models, PluginCatalog plugins, Si
         {
             instance = PluginFactory.CreateRouter(plugins, spec, models.File(model), layer, device.Device, services, name);
             _routers[name] = instance;
+            if (RouterNames.HasSettings(name))
+            {
+                // One instance per sequence (a per-sequence router) or per setting (SCMoE's weak rank): keep the recent ones.
+                // Calls are handled one at a time, so an evicted instance is not in use.
+                _withSettings.Enqueue(name);
+                if (_withSettings.Count > MAX_SETTING_INSTANCES && _routers.Remove(_withSettings.Dequeue(), out var old))
+                {
+                    old.Dispose();
+                }
+            }
         }
         if (available is not null && available.Length != spec.Experts)
         {

@@ -16,7 +16,11 @@ public enum PluginKind
 }
 
 /// <summary>A plugin type found in the plugin folder.</summary>
-public sealed record PluginEntry(string Name, PluginKind Kind, Type Type, string File, string? Description);
+public sealed record PluginEntry(string Name, PluginKind Kind, Type Type, string File, string? Description)
+{
+    /// <summary>A router that draws per sequence (<see cref="RouterAttribute.PerSequence"/>).</summary>
+    public bool PerSequence { get; init; }
+}
 
 /// <summary>A plugin file or type that could not be used, and why.</summary>
 public sealed record PluginLoadError(string File, string? Type, string Message)
@@ -143,7 +147,7 @@ public sealed class PluginCatalog
                 logger?.LogWarning("Duplicate plugin name {Name} in {File}", name, file);
                 continue;
             }
-            _entries[name] = new PluginEntry(name, kind, type, file, expert is not null ? expert.Description : router!.Description);
+            _entries[name] = new PluginEntry(name, kind, type, file, expert is not null ? expert.Description : router!.Description) { PerSequence = router?.PerSequence ?? false };
         }
     }
 

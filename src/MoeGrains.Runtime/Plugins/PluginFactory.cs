@@ -33,6 +33,15 @@ public static class PluginFactory
 
     public static IRouter CreateRouter(PluginCatalog plugins, ModelSpec spec, SafeTensorsFile? checkpoint, int layer, Device device, IServiceProvider services, string? routerPlugin, long seed = 0)
     {
+        // A router name may carry settings for this instance (RouterNames: rank?rank_k=2, thor-seq?sequence_seed=7).
+        var (plugin, overrides) = RouterNames.Parse(routerPlugin ?? spec.RouterPlugin);
+        var settings = spec.Settings;
+        if (overrides.Count > 0)
+        {
+            var merged = new Dictionary<string, string>(settings, StringComparer.Ordinal);
+            foreach (var (k, v) in overrides) merged[k] = v;
+            settings = merged;
+        }
         var weights = checkpoint?.LoadPrefix(ModelSpec.RouterPrefix(layer), device);
         try
         {
@@ -41,11 +50,11 @@ public static class PluginFactory
                 Id = $"{spec.Name}/{layer}/router",
                 Layer = layer,
                 Device = device,
-                Settings = spec.Settings,
+                Settings = settings,
                 Weights = weights,
                 Seed = seed,
             };
-            return plugins.Create<IRouter>(routerPlugin ?? spec.RouterPlugin, PluginKind.Router, context, services);
+            return plugins.Create<IRouter>(plugin, PluginKind.Router, context, services);
         }
         finally
         {

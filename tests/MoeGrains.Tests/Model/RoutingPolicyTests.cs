@@ -10,13 +10,46 @@ public sealed class RoutingPolicyTests
     private const int DModel = 16;
     private const int Experts = 8;
 
-    private static IRouter Router(string name, long seed) => TinyModel.BuiltIn().Create<IRouter>(name, PluginKind.Router, new PluginContext
+    private static IRouter Router(string name, long seed)
     {
-        Id = $"test/0/{name}",
-        Device = CPU,
-        Seed = seed,
-        Settings = new Dictionary<string, string> { ["hidden_size"] = $"{DModel}", ["num_local_experts"] = $"{Experts}", ["num_experts_per_tok"] = "2" },
-    }, TinyModel.Services);
+        // A name may carry settings for the instance (RouterNames), as the runtime creates them.
+        var (plugin, extra) = RouterNames.Parse(name);
+        var settings = new Dictionary<string, string> { ["hidden_size"] = $"{DModel}", ["num_local_experts"] = $"{Experts}", ["num_experts_per_tok"] = "2" };
+        foreach (var (k, v) in extra) settings[k] = v;
+        return TinyModel.BuiltIn().Create<IRouter>(plugin, PluginKind.Router, new PluginContext
+        {
+            Id = $"test/0/{plugin}",
+            Device = CPU,
+            Seed = seed,
+            Settings = settings,
+        }, TinyModel.Services);
+    }
+
+    [Fact]
+    public void A_per_sequence_router_draws_one_expert_per_sequence_seed_wherever_it_is_created()
+    {
+        var plugins = TinyModel.BuiltIn();
+        Assert.True(plugins.Get("thor-seq", PluginKind.Router).PerSequence);
+        Assert.False(plugins.Get("thor", PluginKind.Router).PerSequence);
+        Assert.Null(RouterNames.ForSequence(null, "topk", plugins, 5)); // the model's own router is not per sequence
+        Assert.Equal("thor", RouterNames.ForSequence("thor", "topk", plugins, 5));
+        Assert.Equal("thor-seq?sequence_seed=5", RouterNames.ForSequence(null, "thor-seq", plugins, 5));
+        Assert.Equal(("rank", "3"), (RouterNames.Parse("rank?rank_k=3").Plugin, RouterNames.Parse("rank?rank_k=3").Settings["rank_k"]));
+        Assert.Throws<ArgumentException>(() => RouterNames.Parse("rank?rank_k"));
+
+        long Draw(long sequenceSeed)
+        {
+            using var router = Router(RouterNames.ForSequence("thor-seq", "topk", plugins, sequenceSeed)!, 11);
+            using var hidden = randn(new long[] { 30, DModel }, generator: new Generator(3));
+            var (experts, weights, k) = Route(router, hidden, Enumerable.Repeat(true, Experts).ToArray());
+            Assert.Equal(1, k);
+            Assert.All(weights, w => Assert.Equal(1f, w));
+            return Assert.Single(experts.Distinct()); // one expert for the whole sequence
+        }
+        var draws = Enumerable.Range(0, 16).Select(s => Draw(s)).ToArray();
+        Assert.Equal(draws, Enumerable.Range(0, 16).Select(s => Draw(s))); // the same seed draws the same expert, in a new instance
+        Assert.True(draws.Distinct().Count() >= 4, $"16 sequences drew only {draws.Distinct().Count()} distinct experts");
+    }
 
     private static (long[] Experts, float[] Weights, int K) Route(IRouter router, Tensor hidden, bool[] available)
     {

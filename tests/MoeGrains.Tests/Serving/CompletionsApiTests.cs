@@ -49,6 +49,26 @@ public sealed class CompletionsApiTests(SiloHostProcess silo) : IClassFixture<Si
     }
 
     [Fact]
+    public async Task A_self_contrast_completion_has_the_in_process_scmoe_tokens()
+    {
+        var contrast = new SelfContrastDecoding(0.2, 0.7) { WeakRank = 2 };
+        using var strong = DecoderSession.InProcess(TinyModel.BuiltIn(), silo.CheckpointPath, TinyModel.Services, "lm");
+        using var weak = DecoderSession.InProcess(TinyModel.BuiltIn(), silo.CheckpointPath, TinyModel.Services, "lm", contrast.WeakRouter);
+        var expected = new List<int>();
+        await foreach (var t in TextGeneration.GenerateAsync(contrast.Step(strong.AppendAsync, weak.AppendAsync), Tokenizer.Encode(Prompt),
+            new GenerationOptions { MaxTokens = 8, Temperature = 0 }, 32))
+        {
+            expected.Add(t);
+        }
+        using var response = await Post($$$"""{"model": "lm", "prompt": "{{{Prompt}}}", "max_tokens": 8, "temperature": 0, "scmoe": {"alpha": 0.2, "beta": 0.7, "weak_rank": 2} }""");
+        Assert.Equal(HttpStatusCode.OK, response.StatusCode);
+        using var json = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        var ids = json.RootElement.GetProperty("choices")[0].GetProperty("token_ids").EnumerateArray().Select(t => t.GetInt32()).ToList();
+        Assert.Equal(expected, ids);
+        Assert.True(json.RootElement.GetProperty("moegrains").GetProperty("scmoe").GetBoolean());
+    }
+
+    [Fact]
     public async Task Streaming_sends_one_event_per_token_in_order_then_the_finish_reason_then_done()
     {
         var expected = await InProcessGreedy(12);
@@ -99,6 +119,15 @@ public sealed class CompletionsApiTests(SiloHostProcess silo) : IClassFixture<Si
     [InlineData("""{"model": "lm", "prompt": "the", "top_p": "NaN"}""", "top_p")]
     [InlineData("""{"model": "lm", "prompt": "the", "stream": "yes"}""", "stream")]
     [InlineData("""{"model": "lm", "prompt": "the", "seed": 1.5}""", "seed")]
+    [InlineData("""{"model": "lm", "prompt": "the", "scmoe": "yes"}""", "scmoe")]
+    [InlineData("""{"model": "lm", "prompt": "the", "scmoe": {"alpha": 0}}""", "scmoe.alpha")]
+    [InlineData("""{"model": "lm", "prompt": "the", "scmoe": {"alpha": 1.5}}""", "scmoe.alpha")]
+    [InlineData("""{"model": "lm", "prompt": "the", "scmoe": {"beta": -1}}""", "scmoe.beta")]
+    [InlineData("""{"model": "lm", "prompt": "the", "scmoe": {"beta": "NaN"}}""", "scmoe.beta")]
+    [InlineData("""{"model": "lm", "prompt": "the", "scmoe": {"weak_rank": -1}}""", "scmoe.weak_rank")]
+    [InlineData("""{"model": "lm", "prompt": "the", "scmoe": {"weak_rank": 99}}""", "scmoe.weak_rank")]
+    [InlineData("""{"model": "lm", "prompt": "the", "scmoe": {"weak_rank": 1.5}}""", "scmoe.weak_rank")]
+    [InlineData("""{"model": "lm", "prompt": "the", "scmoe": {"gamma": 1}}""", "scmoe.gamma")]
     [InlineData("""{"model": "lm", "prompt": """, "body")]
     [InlineData("""[1, 2]""", "body")]
     [InlineData("", "body")]

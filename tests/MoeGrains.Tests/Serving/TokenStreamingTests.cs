@@ -39,6 +39,7 @@ public sealed class TokenStreamingTests(LanguageModelClusterFixture fixture)
     /// <summary>Sequence numbers 0, 1, 2, ... on the tokens, exactly one end marker and it is last.</summary>
     private static void AssertWellFormed(List<GenerationEvent> events, int tokens, FinishReason reason)
     {
+        Assert.Null(events[^1].Error); // first, so that a failed generation shows its message
         Assert.Equal(tokens + 1, events.Count);
         Assert.Equal(Enumerable.Range(0, tokens + 1).Select(i => (long)i), events.Select(e => e.Sequence));
         Assert.Single(events, e => e.IsEnd);
@@ -57,6 +58,72 @@ public sealed class TokenStreamingTests(LanguageModelClusterFixture fixture)
         Assert.Equal(expected, events.Where(e => !e.IsEnd).Select(e => e.Token));
         Assert.All(events[^1].ExpertsPerToken, e => Assert.Equal(2.0, e, 6)); // top-2 in every layer
         Assert.NotNull(events[^1].Silo);
+    }
+
+    [Theory]
+    [InlineData(0.1, 0.5, 1)]
+    [InlineData(0.3, 1.0, 3)]
+    public async Task Self_contrast_decoding_streamed_by_the_session_grain_equals_scmoe_in_process(double alpha, double beta, int weakRank)
+    {
+        var prompt = Prompt();
+        var contrast = new SelfContrastDecoding(alpha, beta) { WeakRank = weakRank };
+        var options = Greedy with { MaxTokens = 12 };
+        using var strong = DecoderSession.InProcess(TinyModel.BuiltIn(), fixture.CheckpointPath, TinyModel.Services, "lm");
+        using var weak = DecoderSession.InProcess(TinyModel.BuiltIn(), fixture.CheckpointPath, TinyModel.Services, "lm", contrast.WeakRouter);
+        var expected = new List<int>();
+        await foreach (var t in TextGeneration.GenerateAsync(contrast.Step(strong.AppendAsync, weak.AppendAsync), prompt, options, 32)) expected.Add(t);
+
+        var events = await Collect(GenerationStreams.GenerateAsync(Client, "lm", prompt, options with { SelfContrast = contrast }));
+        AssertWellFormed(events, 12, FinishReason.Length);
+        Assert.Equal(expected, events.Where(e => !e.IsEnd).Select(e => e.Token));
+        // Both passes went through the expert grains: top-2 plus the weak pass's one expert per token in every layer.
+        Assert.All(events[^1].ExpertsPerToken, e => Assert.Equal(3.0, e, 6));
+    }
+
+    [Fact]
+    public async Task Bad_self_contrast_parameters_are_refused_by_the_session_grain_naming_the_field()
+    {
+        var prompt = Prompt();
+        async Task<string?> Field(SelfContrastDecoding contrast)
+        {
+            var grain = fixture.Cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")));
+            var e = await Assert.ThrowsAsync<GenerationRequestException>(() => grain.Generate(prompt, Greedy with { SelfContrast = contrast }));
+            return e.Field;
+        }
+        Assert.Equal("scmoe.alpha", await Field(new SelfContrastDecoding(Alpha: 0)));
+        Assert.Equal("scmoe.beta", await Field(new SelfContrastDecoding(Beta: double.PositiveInfinity)));
+        Assert.Equal("scmoe.weak_rank", await Field(new SelfContrastDecoding { WeakRank = 6 })); // 6 experts: ranks 0..5
+        Assert.Equal("scmoe.weak_rank", await Field(new SelfContrastDecoding { WeakRank = -1 }));
+    }
+
+    [Fact]
+    public async Task Per_sequence_thor_through_the_session_grain_draws_from_the_requests_seed_as_in_process()
+    {
+        var prompt = Prompt();
+        var plugins = TinyModel.BuiltIn();
+        async Task<List<int>> Local(long seed)
+        {
+            var router = global::MoeGrains.Plugins.RouterNames.ForSequence("thor-seq", "topk", plugins, seed);
+            Assert.Contains("sequence_seed", router);
+            using var local = DecoderSession.InProcess(plugins, fixture.CheckpointPath, TinyModel.Services, "lm", router);
+            var tokens = new List<int>();
+            await foreach (var t in TextGeneration.GenerateAsync(local.AppendAsync, prompt, Greedy with { Seed = seed }, 32)) tokens.Add(t);
+            return tokens;
+        }
+        foreach (var seed in new long[] { 1, 2, 3 })
+        {
+            var expected = await Local(seed);
+            // Two sequences with the same seed through the cluster, interleaved with others: the same draw each time.
+            foreach (var _ in Enumerable.Range(0, 2))
+            {
+                var events = await Collect(GenerationStreams.GenerateAsync(Client, "lm", prompt, Greedy with { Seed = seed }, "thor-seq"));
+                AssertWellFormed(events, Greedy.MaxTokens, FinishReason.Length);
+                Assert.Equal(expected, events.Where(e => !e.IsEnd).Select(e => e.Token));
+                Assert.All(events[^1].ExpertsPerToken, e => Assert.Equal(1.0, e, 6));
+            }
+        }
+        // (That different sequence seeds draw different experts is checked on the router plugin itself, RoutingPolicyTests:
+        // this tiny model's greedy tokens hardly depend on which single expert a layer uses.)
     }
 
     [Fact]
