@@ -92,13 +92,13 @@ public sealed class ImageHttpTests(ImageSiloFixture silo) : IClassFixture<ImageS
         silo.Http.PostAsync("/v1/images/generations", new StringContent(json, Encoding.UTF8, "application/json"));
 
     /// <summary>
-    /// A minimal PNG reader for the grids (8-bit greys in RGB or palette colour, not interlaced; every filter type):
+    /// A minimal PNG reader for the grids (8-bit RGB, or a palette of 1..8 bits, not interlaced; every filter type):
     /// the red channel of each pixel, [x, y]. Written here because BigGustave's decoder rejects its own palette PNGs.
     /// </summary>
     private static byte[,] Decode(byte[] png)
     {
         Assert.Equal(new byte[] { 137, 80, 78, 71, 13, 10, 26, 10 }, png[..8]);
-        int width = 0, height = 0, colourType = -1;
+        int width = 0, height = 0, colourType = -1, depth = 8;
         byte[] palette = [];
         using var idat = new MemoryStream();
         for (var at = 8; at < png.Length;)
@@ -108,8 +108,8 @@ public sealed class ImageHttpTests(ImageSiloFixture silo) : IClassFixture<ImageS
             var data = png.AsSpan(at + 8, length);
             if (type == "IHDR")
             {
-                (width, height, colourType) = (BinaryPrimitives.ReadInt32BigEndian(data), BinaryPrimitives.ReadInt32BigEndian(data[4..]), data[9]);
-                Assert.Equal(8, data[8]);
+                (width, height, depth, colourType) = (BinaryPrimitives.ReadInt32BigEndian(data), BinaryPrimitives.ReadInt32BigEndian(data[4..]), data[8], data[9]);
+                Assert.True(depth == 8 || (colourType == 3 && depth is 1 or 2 or 4), $"bit depth {depth}, colour type {colourType}");
                 Assert.Equal(0, data[12]);
             }
             else if (type == "PLTE") palette = data.ToArray();
@@ -121,7 +121,7 @@ public sealed class ImageHttpTests(ImageSiloFixture silo) : IClassFixture<ImageS
         using var inflated = new MemoryStream();
         using (var z = new ZLibStream(idat, CompressionMode.Decompress)) z.CopyTo(inflated);
         var raw = inflated.ToArray();
-        var stride = width * bpp;
+        var stride = colourType == 3 ? (width * depth + 7) / 8 : width * bpp;
         Assert.Equal((stride + 1) * height, raw.Length);
         var rows = new byte[height, stride];
         for (var y = 0; y < height; y++)
@@ -142,7 +142,12 @@ public sealed class ImageHttpTests(ImageSiloFixture silo) : IClassFixture<ImageS
         var pixels = new byte[width, height];
         for (var y = 0; y < height; y++)
         {
-            for (var x = 0; x < width; x++) pixels[x, y] = colourType == 3 ? palette[3 * rows[y, x]] : rows[y, x * bpp];
+            for (var x = 0; x < width; x++)
+            {
+                // Palette indices are packed most significant bits first.
+                var index = colourType == 3 ? (rows[y, x * depth / 8] >> (8 - depth - (x * depth % 8))) & ((1 << depth) - 1) : 0;
+                pixels[x, y] = colourType == 3 ? palette[3 * index] : rows[y, x * bpp];
+            }
         }
         return pixels;
     }
@@ -155,8 +160,8 @@ public sealed class ImageHttpTests(ImageSiloFixture silo) : IClassFixture<ImageS
         Assert.True(response.StatusCode == HttpStatusCode.OK, $"{(int)response.StatusCode} {Encoding.UTF8.GetString(bytes)}\n{silo.Log}");
         Assert.Equal("image/png", response.Content.Headers.ContentType?.MediaType);
         var actual = Decode(bytes);
-        // 6 images in a 3 × 2 grid of 8×8 images at 2×, one-pixel gaps: 3·17+1 by 2·17+1.
-        Assert.Equal(52, actual.GetLength(0));
+        // 6 images in a 3 × 2 grid of 8×8 images at 2×, one-pixel gaps: 3·17+1 (padded to 56) by 2·17+1.
+        Assert.Equal(56, actual.GetLength(0));
         Assert.Equal(35, actual.GetLength(1));
 
         using var local = await DiffusionEvaluation.SampleLocalAsync(silo.Folder, DiffusionTestData.Plugins, DiffusionTestData.Services, 6, 3, 1, 5);
@@ -164,7 +169,7 @@ public sealed class ImageHttpTests(ImageSiloFixture silo) : IClassFixture<ImageS
         var differing = 0;
         for (var y = 0; y < 35; y++)
         {
-            for (var x = 0; x < 52; x++)
+            for (var x = 0; x < 56; x++)
             {
                 Assert.True(Math.Abs(expected[x, y] - actual[x, y]) <= 1, $"pixel ({x}, {y}): {actual[x, y]}, in process {expected[x, y]}");
                 if (expected[x, y] != actual[x, y]) differing++;
@@ -183,7 +188,7 @@ public sealed class ImageHttpTests(ImageSiloFixture silo) : IClassFixture<ImageS
         Assert.Equal("8x8", doc.RootElement.GetProperty("size").GetString());
         Assert.Equal("digits", doc.RootElement.GetProperty("model").GetString());
         var png = Decode(Convert.FromBase64String(doc.RootElement.GetProperty("data")[0].GetProperty("b64_json").GetString()!));
-        Assert.Equal(2 * 9 + 1, png.GetLength(0));
+        Assert.Equal(24, png.GetLength(0));             // 2·9+1, padded to a multiple of 8
         Assert.Equal(2 * 9 + 1, png.GetLength(1));
         // The gaps are the grid's frame colour; the images are greys.
         Assert.Equal(40, png[0, 0]);
