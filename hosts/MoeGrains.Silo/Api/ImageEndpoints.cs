@@ -1,3 +1,5 @@
+using System.Globalization;
+using System.Text.Json;
 using MoeGrains.Contracts;
 using MoeGrains.Diffusion;
 
@@ -5,43 +7,119 @@ namespace MoeGrains.Silo.Api;
 
 /// <summary>
 /// <c>POST /v1/images/generations</c>: samples a served diffusion model (<c>MoeGrains:Diffusion:Models:NAME</c>) through
-/// its expert grains and answers a PNG grid (<c>image/png</c>). Body: <c>{"model", "n", "steps", "top_k", "seed", "scale"}</c>.
-/// Bad requests get 400 with the field named; an unknown model 404.
+/// its expert grains. Body: <c>{"model", "n", "steps", "top_k", "seed", "scale", "size", "response_format"}</c>; only
+/// <c>model</c> is required. <c>size</c> (<c>"8x8"</c>), when given, must be the model's image size.
+/// <c>response_format</c> <c>"png"</c> (default) answers the PNG grid (<c>image/png</c>); <c>"b64_json"</c> answers
+/// <c>{"created", "model", "size", "data": [{"b64_json"}]}</c> with the grid base64-encoded. Bad input gets 400 with
+/// <c>{"error": {"message", "type": "invalid_request_error", "param"}}</c>, <c>param</c> naming the field.
 /// </summary>
 public static class ImageEndpoints
 {
-    public sealed record ImageRequest(string? Model, int N = 16, int Steps = 20, int TopK = 1, long Seed = 1, int Scale = 4);
-
     public static WebApplication MapImageEndpoints(this WebApplication app)
     {
         ArgumentNullException.ThrowIfNull(app);
-        app.MapPost("/v1/images/generations", async (ImageRequest body, DiffusionCatalog catalog, IGrainFactory grains) =>
+        app.MapPost("/v1/images/generations", Generate);
+        return app;
+    }
+
+    private static async Task<IResult> Generate(HttpRequest http, DiffusionCatalog catalog, IGrainFactory grains)
+    {
+        try
         {
+            using var body = await ReadBody(http);
+            var root = body.RootElement;
+            if (!root.TryGetProperty("model", out var modelElement) || modelElement.ValueKind != JsonValueKind.String || string.IsNullOrWhiteSpace(modelElement.GetString()))
+            {
+                throw new DiffusionRequestException("model", "\"model\" is required: the name of a served diffusion model.");
+            }
+            var model = modelElement.GetString()!;
+            DiffusionModelFolder folder;
             try
             {
-                if (string.IsNullOrWhiteSpace(body.Model)) throw new DiffusionRequestException("model is required.");
-                if (body.Scale is < 1 or > 32) throw new DiffusionRequestException($"scale must be 1..32, got {body.Scale}.");
-                var folder = catalog.Get(body.Model);
-                var request = new DiffusionSampleRequest(body.N, body.Steps, body.TopK, body.Seed);
-                var (images, _, _) = await ClusterDiffusionSampler.SampleAsync(grains, body.Model, folder.Manifest.Experts, request);
-                using (images)
-                {
-                    return Results.File(ImageGrid.Png(images, scale: body.Scale), "image/png");
-                }
-            }
-            catch (DiffusionRequestException e)
-            {
-                return Results.Json(new { error = e.Message }, statusCode: 400);
+                folder = catalog.Get(model);
             }
             catch (UnknownExpertException e)
             {
-                return Results.Json(new { error = e.Message }, statusCode: 404);
+                throw new DiffusionRequestException("model", e.Message);
             }
-            catch (MoeGrainsException e)
+            var n = Int(root, "n", 16);
+            var steps = Int(root, "steps", 20);
+            var topK = Int(root, "top_k", 1);
+            var seed = Int(root, "seed", 1);
+            var scale = Int(root, "scale", 4);
+            if (scale is < 1 or > 32) throw new DiffusionRequestException("scale", $"scale must be 1..32, got {scale}.");
+            var side = folder.Manifest.ImageSize;
+            var size = $"{side}x{side}";
+            if (root.TryGetProperty("size", out var sizeElement) && sizeElement.ValueKind != JsonValueKind.Null
+                && (sizeElement.ValueKind != JsonValueKind.String || sizeElement.GetString() != size))
             {
-                return Results.Json(new { error = e.Message }, statusCode: 503);
+                throw new DiffusionRequestException("size", $"Model '{model}' generates {size} images; size {sizeElement.GetRawText()} is not available.");
             }
-        });
-        return app;
+            var format = root.TryGetProperty("response_format", out var f) && f.ValueKind != JsonValueKind.Null
+                ? f.ValueKind == JsonValueKind.String ? f.GetString() : null
+                : "png";
+            if (format is not ("png" or "b64_json"))
+            {
+                throw new DiffusionRequestException("response_format", $"response_format must be \"png\" or \"b64_json\", got {f.GetRawText()}.");
+            }
+            var request = new DiffusionSampleRequest(n, steps, topK, seed);
+            request.Validate(folder.Manifest.Experts);
+            var columns = (int)Math.Ceiling(Math.Sqrt(n));
+            if (columns * (side * scale + 1) + 1 > ImageGrid.MaxSide)
+            {
+                throw new DiffusionRequestException("scale", $"{n} images of {size} at scale {scale} make a grid wider than {ImageGrid.MaxSide} pixels; use a smaller scale.");
+            }
+            var (images, _, _) = await ClusterDiffusionSampler.SampleAsync(grains, model, folder.Manifest.Experts, request);
+            byte[] png;
+            using (images)
+            {
+                png = ImageGrid.Png(images, scale: scale);
+            }
+            return format == "png"
+                ? Results.File(png, "image/png")
+                : Results.Ok(new
+                {
+                    created = DateTimeOffset.UtcNow.ToUnixTimeSeconds(),
+                    model,
+                    size,
+                    n,
+                    data = new[] { new { b64_json = Convert.ToBase64String(png) } },
+                });
+        }
+        catch (DiffusionRequestException e)
+        {
+            return Results.Json(new { error = new { message = e.Message, type = "invalid_request_error", param = e.Field.Length > 0 ? e.Field : null } },
+                statusCode: StatusCodes.Status400BadRequest);
+        }
+        catch (MoeGrainsException e)
+        {
+            return Results.Json(new { error = new { message = e.Message, type = "server_error", param = (string?)null } }, statusCode: StatusCodes.Status503ServiceUnavailable);
+        }
+    }
+
+    private static int Int(JsonElement root, string field, int fallback)
+    {
+        if (!root.TryGetProperty(field, out var e) || e.ValueKind == JsonValueKind.Null) return fallback;
+        return e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out var v)
+            ? v
+            : throw new DiffusionRequestException(field, $"\"{field}\" must be a whole number, got {e.GetRawText()}.");
+    }
+
+    private static async Task<JsonDocument> ReadBody(HttpRequest http)
+    {
+        try
+        {
+            var document = await JsonDocument.ParseAsync(http.Body, cancellationToken: http.HttpContext.RequestAborted);
+            if (document.RootElement.ValueKind != JsonValueKind.Object)
+            {
+                document.Dispose();
+                throw new DiffusionRequestException("body", "The body must be a JSON object.");
+            }
+            return document;
+        }
+        catch (JsonException e)
+        {
+            throw new DiffusionRequestException("body", string.Create(CultureInfo.InvariantCulture, $"The body is not valid JSON: {e.Message}"));
+        }
     }
 }

@@ -56,13 +56,13 @@ public sealed record DiffusionSampleRequest(
     /// <summary>Refuses bad requests with an error naming the field.</summary>
     public void Validate(int experts)
     {
-        if (Count is < 1 or > MaxCount) throw new DiffusionRequestException($"n must be 1..{MaxCount}, got {Count}.");
-        if (Steps is < 1 or > MaxSteps) throw new DiffusionRequestException($"steps must be 1..{MaxSteps}, got {Steps}.");
-        if (TopK < 0 || TopK > experts) throw new DiffusionRequestException($"top_k must be 0 (all) .. {experts}, got {TopK}.");
+        if (Count is < 1 or > MaxCount) throw new DiffusionRequestException("n", $"n must be 1..{MaxCount}, got {Count}.");
+        if (Steps is < 1 or > MaxSteps) throw new DiffusionRequestException("steps", $"steps must be 1..{MaxSteps}, got {Steps}.");
+        if (TopK < 0 || TopK > experts) throw new DiffusionRequestException("top_k", $"top_k must be 0 (all) .. {experts}, got {TopK}.");
     }
 }
 
-/// <summary>A diffusion request that is out of range (count, steps, k, image size).</summary>
+/// <summary>A diffusion request that is out of range (count, steps, k, image size); <see cref="Field"/> names the field when there is one.</summary>
 [GenerateSerializer, Alias("moegrains.DiffusionRequestException")]
 public sealed class DiffusionRequestException : MoeGrainsException
 {
@@ -71,4 +71,12 @@ public sealed class DiffusionRequestException : MoeGrainsException
     public DiffusionRequestException(string message) : base(message) { }
 
     public DiffusionRequestException(string message, Exception inner) : base(message, inner) { }
+
+    public DiffusionRequestException(string field, string message) : base(message)
+    {
+        Field = field;
+    }
+
+    /// <summary>The request field that was wrong (<c>n</c>, <c>steps</c>, <c>top_k</c>, ...), or empty.</summary>
+    [Id(0)] public string Field { get; init; } = "";
 }

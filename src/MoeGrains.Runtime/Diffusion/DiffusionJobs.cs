@@ -39,8 +39,9 @@ public static class DiffusionJobs
         using (train)
         {
             if (partition.Length != train.Count) throw new Contracts.CheckpointException($"partition.json lists {partition.Length} images, the training set has {train.Count}.");
-            using var mine = train.Select(Partitioning.Members(partition, m.Experts)[k]);
-            return Train(folder, plugins, services, $"expert-{k}", k, mine.Images, m.Steps, folder.ExpertFile(k), report);
+            var members = Partitioning.Members(partition, m.Experts);
+            using var mine = train.Select(members[k]);
+            return Train(folder, plugins, services, $"expert-{k}", k, mine.Images, m.ExpertSteps(k, [.. members.Select(x => x.Length)]), folder.ExpertFile(k), report);
         }
     }
 

@@ -26,6 +26,25 @@ public sealed record DiffusionManifest
     public double LearningRate { get; init; } = 2e-3;
     public int RouterSteps { get; init; } = 1500;
 
+    /// <summary>
+    /// How the experts' steps are set: <see cref="EqualSteps"/> (each expert <see cref="Steps"/>) or
+    /// <see cref="StepsBySize"/> (the same total, K × <see cref="Steps"/>, shared in proportion to partition sizes, so
+    /// that every training image is drawn about as often as in the monolith).
+    /// </summary>
+    public string StepAllocation { get; init; } = EqualSteps;
+
+    public const string EqualSteps = "equal";
+    public const string StepsBySize = "size";
+
+    /// <summary>Training steps of expert <paramref name="k"/> given the partition sizes.</summary>
+    public int ExpertSteps(int k, IReadOnlyList<int> sizes)
+    {
+        ArgumentNullException.ThrowIfNull(sizes);
+        if (StepAllocation == EqualSteps) return Steps;
+        var total = sizes.Sum();
+        return Math.Max(1, (int)Math.Round((double)Experts * Steps * sizes[k] / Math.Max(1, total)));
+    }
+
     /// <summary>The plugins' settings (sizes).</summary>
     [JsonIgnore]
     public IReadOnlyDictionary<string, string> Settings => new Dictionary<string, string>
@@ -47,6 +66,8 @@ public sealed record DiffusionManifest
         if (Experts is < 1 or > 64) throw new ArgumentOutOfRangeException(nameof(Experts), $"experts must be 1..64, got {Experts}.");
         if (ImageSize is < 4 or > 64) throw new ArgumentOutOfRangeException(nameof(ImageSize), $"image size must be 4..64, got {ImageSize}.");
         if (Steps < 1 || RouterSteps < 1 || Batch < 1) throw new ArgumentOutOfRangeException(nameof(Steps), "steps, router steps and batch must be positive.");
+        if (StepAllocation is not (EqualSteps or StepsBySize))
+            throw new ArgumentException($"Unknown step allocation '{StepAllocation}' (known: {EqualSteps}, {StepsBySize}).", nameof(StepAllocation));
         if (Partitioning is not (Diffusion.Partitioning.KMeans or Diffusion.Partitioning.ByClass))
             throw new ArgumentException($"Unknown partitioning '{Partitioning}' (known: kmeans, class).", nameof(Partitioning));
     }

@@ -8,7 +8,10 @@ public static class ImageGrid
 {
     public const int MaxSide = 4096;
 
-    /// <summary>The PNG bytes of a grid of <paramref name="images"/>, <paramref name="columns"/> wide (0: a square), each pixel <paramref name="scale"/>×.</summary>
+    /// <summary>
+    /// The PNG bytes of a grid of <paramref name="images"/>, <paramref name="columns"/> wide (0: a square), each pixel
+    /// <paramref name="scale"/>×; the grid's width is padded to a multiple of 8 pixels.
+    /// </summary>
     public static byte[] Png(Tensor images, int columns = 0, int scale = 4, int gap = 1)
     {
         ArgumentNullException.ThrowIfNull(images);
@@ -22,7 +25,10 @@ public static class ImageGrid
         var cols = columns > 0 ? columns : (int)Math.Ceiling(Math.Sqrt(n));
         var rows = (n + cols - 1) / cols;
         var cell = s * scale + gap;
-        int width = cols * cell + gap, height = rows * cell + gap;
+        // The width is padded (with the gap colour) to a multiple of 8 pixels: BigGustave writes grids of few greys as
+        // 1-, 2- or 4-bit palette PNGs and rounds each row's bytes down, which drops the last pixels of a row (an
+        // invalid PNG) unless the row fills whole bytes.
+        int width = (cols * cell + gap + 7) / 8 * 8, height = rows * cell + gap;
         if (width > MaxSide || height > MaxSide) throw new ArgumentException($"The grid would be {width}x{height} pixels, more than {MaxSide} on a side.", nameof(images));
         using var bytes = images.detach().cpu().clamp(-1, 1).add(1).mul(127.5).round().to_type(ScalarType.Byte).contiguous();
         var pixels = bytes.data<byte>().ToArray();

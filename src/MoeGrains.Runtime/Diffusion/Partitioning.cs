@@ -83,6 +83,29 @@ public static class Partitioning
         };
     }
 
+    /// <summary>
+    /// The partition of each image of <paramref name="images"/> (held-out images the partitioning never saw): for
+    /// <see cref="KMeans"/> the nearest partition centre (the mean of its training members' pixels, which is where
+    /// k-means converged), for <see cref="ByClass"/> the digit mod k.
+    /// </summary>
+    public static int[] Assign(DigitImages images, DigitImages train, IReadOnlyList<int> partition, string method, int k)
+    {
+        ArgumentNullException.ThrowIfNull(images);
+        ArgumentNullException.ThrowIfNull(train);
+        ArgumentNullException.ThrowIfNull(partition);
+        if (partition.Count != train.Count) throw new ArgumentException($"{partition.Count} partition labels for {train.Count} training images.", nameof(partition));
+        if (method == ByClass) return ByClassPartitions(images.Labels, k);
+        if (method != KMeans) throw new ArgumentException($"Unknown partitioning '{method}' (known: {KMeans}, {ByClass}).", nameof(method));
+        using var scope = NewDisposeScope();
+        var x = train.Images.reshape(train.Count, -1).to_type(ScalarType.Float64);
+        var index = tensor(partition.Select(p => (long)p).ToArray());
+        var sums = zeros(k, x.shape[1], dtype: ScalarType.Float64).index_add_(0, index, x, 1);
+        var counts = bincount(index, minlength: k).to_type(ScalarType.Float64).clamp_min(1);
+        var centres = sums.div(counts.unsqueeze(1));
+        var y = images.Images.reshape(images.Count, -1).to_type(ScalarType.Float64);
+        return [.. cdist(y, centres).argmin(1).data<long>().ToArray().Select(a => (int)a)];
+    }
+
     /// <summary>The indices of each partition, in order.</summary>
     public static int[][] Members(IReadOnlyList<int> partition, int k) =>
         [.. Enumerable.Range(0, k).Select(j => Enumerable.Range(0, partition.Count).Where(i => partition[i] == j).ToArray())];

@@ -53,9 +53,11 @@ public sealed class DiffusionClusterTests(DiffusionClusterFixture fixture) : ICl
         var grains = fixture.Cluster.GrainFactory;
         var n0 = await Assert.ThrowsAsync<DiffusionRequestException>(() => ClusterDiffusionSampler.SampleAsync(grains, "tiny", 3, new DiffusionSampleRequest(0, 4, 1, 1)));
         Assert.Contains("n must be", n0.Message);
+        Assert.Equal("n", n0.Field);
         await Assert.ThrowsAsync<DiffusionRequestException>(() => ClusterDiffusionSampler.SampleAsync(grains, "tiny", 3, new DiffusionSampleRequest(100_000, 4, 1, 1)));
         var k = await Assert.ThrowsAsync<DiffusionRequestException>(() => ClusterDiffusionSampler.SampleAsync(grains, "tiny", 3, new DiffusionSampleRequest(2, 4, 7, 1)));
         Assert.Contains("top_k", k.Message);
+        Assert.Equal("top_k", k.Field);
 
         using var wrong = zeros(2, 1, 5, 5);
         using var t = zeros(2);

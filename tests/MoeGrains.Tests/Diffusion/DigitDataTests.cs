@@ -53,5 +53,10 @@ public sealed class DigitDataTests
         Assert.Equal(0, png.GetPixel(1, 1).R);     // inside image 0: black
         Assert.Equal(255, png.GetPixel(6, 1).R);   // inside image 1: white
         Assert.Throws<ArgumentException>(() => ImageGrid.Png(zeros(2, 3, 4, 4)));
+        // Two colours make a 1-bit palette PNG: an 11-pixel row is padded to 16 so that it fills whole bytes (readable).
+        var odd = Png.Open(ImageGrid.Png(full([2, 1, 2, 2], -1f), columns: 2, scale: 2, gap: 1));
+        Assert.Equal((16, 6), (odd.Width, odd.Height));
+        Assert.Equal(0, odd.GetPixel(1, 1).R);
+        Assert.Equal(40, odd.GetPixel(12, 1).R);   // padding: the gap colour
     }
 }
