@@ -57,6 +57,12 @@ public static class MoeGrainsSiloBuilderExtensions
             return catalog;
         });
         builder.AddPlacementDirector<ExpertPlacementStrategy, ExpertPlacementDirector>();
+        // The strongly consistent grain directory: when a silo dies, the survivors' activations are re-registered from the
+        // silos themselves, so a session grain that survived keeps its one activation (with the default, eventually
+        // consistent directory the entries kept by the dead silo are lost and a call can start a second, empty one).
+#pragma warning disable ORLEANSEXP003 // experimental in Orleans 10
+        builder.AddDistributedGrainDirectory();
+#pragma warning restore ORLEANSEXP003
         Retrieval.Serving.RetrievalSiloBuilderExtensions.AddMoeGrainsRetrieval(builder);
         AddGenerationStreams(builder);
         builder.AddPlacementDirector<SiloTargetPlacementStrategy, SiloTargetPlacementDirector>();
