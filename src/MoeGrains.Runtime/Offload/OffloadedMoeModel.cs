@@ -114,6 +114,9 @@ public sealed class OffloadedMoeModel : IDisposable
     private IExpert CreateExpert(ExpertId id, HostExpertWeights host)
     {
         using var weights = host.ToTensors(Device);
+        // Holds whatever temporaries the plugin makes while it copies its weights (left to the finalizer thread, one can be
+        // freed while libtorch still reads it) and frees them here; the plugin keeps only the tensors it detached.
+        using var scope = NewDisposeScope();
         var context = new PluginContext
         {
             Id = $"{Spec.Name}/{id.Layer}/{id.Expert}",
