@@ -3,10 +3,10 @@ using MoeGrains.Diagnostics;
 
 namespace MoeGrains.Offload;
 
-/// <summary>An expert of a model: its layer and its index in the layer.</summary>
-public readonly record struct ExpertId(int Layer, int Expert)
+/// <summary>An expert of a model: its layer and its index in the layer (and the model's name, where a cache holds several).</summary>
+public readonly record struct ExpertId(int Layer, int Expert, string? Model = null)
 {
-    public override string ToString() => $"{Layer}/{Expert}";
+    public override string ToString() => Model is null ? $"{Layer}/{Expert}" : $"{Model}/{Layer}/{Expert}";
 }
 
 /// <summary>How a full cache chooses what to evict.</summary>

@@ -111,22 +111,25 @@ public sealed class OffloadedMoeModel : IDisposable
     }
 
     // The compute thread: the host weights become the plugin's tensors on the device.
-    private IExpert CreateExpert(ExpertId id, HostExpertWeights host)
+    private IExpert CreateExpert(ExpertId id, HostExpertWeights host) => CreateExpert(_plugins, Spec, id, host, Device, _services);
+
+    /// <summary>Makes the plugin of expert <paramref name="id"/> from its host weights, on <paramref name="device"/> (call on the thread that computes).</summary>
+    internal static IExpert CreateExpert(PluginCatalog plugins, ModelSpec spec, ExpertId id, HostExpertWeights host, Device device, IServiceProvider services)
     {
-        using var weights = host.ToTensors(Device);
+        using var weights = host.ToTensors(device);
         // Holds whatever temporaries the plugin makes while it copies its weights (left to the finalizer thread, one can be
         // freed while libtorch still reads it) and frees them here; the plugin keeps only the tensors it detached.
         using var scope = NewDisposeScope();
         var context = new PluginContext
         {
-            Id = $"{Spec.Name}/{id.Layer}/{id.Expert}",
+            Id = $"{spec.Name}/{id.Layer}/{id.Expert}",
             Layer = id.Layer,
             Index = id.Expert,
-            Device = Device,
-            Settings = Spec.Settings,
+            Device = device,
+            Settings = spec.Settings,
             Weights = weights.Weights,
         };
-        return _plugins.Create<IExpert>(Spec.ExpertPlugin, PluginKind.Expert, context, _services);
+        return plugins.Create<IExpert>(spec.ExpertPlugin, PluginKind.Expert, context, services);
     }
 
     /// <summary>
