@@ -35,5 +35,6 @@ app.MapRetrieval();
 
 app.MapImageEndpoints();
 app.MapCompletions();
+app.MapOffload();
 
 app.Run();

@@ -20,7 +20,9 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     public override Tensor forward(Tensor x)
     {
         using var scope = NewDisposeScope();
-        var variance = x.pow(2).mean([-1], keepdim: true);
-        return x.mul(variance.add_(_eps).rsqrt_()).mul(weight).MoveToOuterDisposeScope();
+        // The scalar is held until the call is done (a temporary one can be freed by the finalizer thread mid-call).
+        using var eps = _eps.ToScalar();
+        var variance = x.square().mean([-1], keepdim: true);
+        return x.mul(variance.add_(eps).rsqrt_()).mul(weight).MoveToOuterDisposeScope();
     }
 }

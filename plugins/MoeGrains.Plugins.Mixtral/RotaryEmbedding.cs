@@ -15,8 +15,10 @@ public static class RotaryEmbedding
         using var scope = NewDisposeScope();
         var headDim = x.shape[^1];
         var tokens = x.shape[^2];
-        var invFreq = pow(theta, arange(0, headDim, 2, ScalarType.Float64, x.device).div(headDim)).reciprocal();
-        var angles = outer(arange(start, start + tokens, 1, ScalarType.Float64, x.device), invFreq);
+        // Scalars are held until their calls are done (a temporary one can be freed by the finalizer thread mid-call).
+        using TorchSharp.Scalar zero = 0, two = 2, one = 1, dim = headDim, first = start, end = start + tokens;
+        var invFreq = pow(theta, arange(zero, dim, two, ScalarType.Float64, x.device).div(dim)).reciprocal();
+        var angles = outer(arange(first, end, one, ScalarType.Float64, x.device), invFreq);
         var emb = cat([angles, angles], -1);
         var cos = emb.cos().to_type(x.dtype);
         var sin = emb.sin().to_type(x.dtype);

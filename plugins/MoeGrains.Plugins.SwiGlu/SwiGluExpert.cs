@@ -29,9 +29,9 @@ public sealed class SwiGluExpert : IExpert, IStateDict
         }
         else
         {
-            _w1 = context.GetWeight("w1.weight", dFf, dModel).to(ScalarType.Float32, context.Device).detach().clone().DetachFromDisposeScope();
-            _w3 = context.GetWeight("w3.weight", dFf, dModel).to(ScalarType.Float32, context.Device).detach().clone().DetachFromDisposeScope();
-            _w2 = context.GetWeight("w2.weight", dModel, dFf).to(ScalarType.Float32, context.Device).detach().clone().DetachFromDisposeScope();
+            _w1 = CopyWeight(context, "w1.weight", dFf, dModel);
+            _w3 = CopyWeight(context, "w3.weight", dFf, dModel);
+            _w2 = CopyWeight(context, "w2.weight", dModel, dFf);
         }
         Descriptor = new ExpertDescriptor("swiglu", ExpertKind.FeedForward, dModel, dModel, 3L * dModel * dFf * 4, "float32");
         logger.LogDebug("SwiGLU expert {Id}: d_model {DModel}, d_ff {DFf}", context.Id, dModel, dFf);
@@ -39,8 +39,19 @@ public sealed class SwiGluExpert : IExpert, IStateDict
 
     public ExpertDescriptor Descriptor { get; }
 
-    private static Tensor Init(long rows, long cols, Generator gen, Device device) =>
-        randn(new[] { rows, cols }, generator: gen).mul_(1.0 / Math.Sqrt(cols)).to(device).DetachFromDisposeScope();
+    // Every step of the copy makes a new tensor object. The scope holds them until the copy exists, then frees them: left
+    // to the finalizer, a temporary can be freed by the GC's finalizer thread while libtorch is still reading it.
+    private static Tensor CopyWeight(PluginContext context, string name, long rows, long cols)
+    {
+        using var scope = NewDisposeScope();
+        return context.GetWeight(name, rows, cols).to(ScalarType.Float32, context.Device).detach().clone().DetachFromDisposeScope();
+    }
+
+    private static Tensor Init(long rows, long cols, Generator gen, Device device)
+    {
+        using var scope = NewDisposeScope();
+        return randn(new[] { rows, cols }, generator: gen).mul_(1.0 / Math.Sqrt(cols)).to(device).DetachFromDisposeScope();
+    }
 
     public Tensor Forward(Tensor hiddenStates)
     {

@@ -23,9 +23,13 @@ public sealed class TopKRouter : IRouter, IStateDict
         {
             throw new ArgumentOutOfRangeException(nameof(context), $"num_experts_per_tok must be in 1..{experts}, got {_k}.");
         }
-        _gate = context.Weights is null
-            ? randn(new long[] { experts, dModel }, generator: new Generator((ulong)context.Seed)).mul_(1.0 / Math.Sqrt(dModel)).to(context.Device).DetachFromDisposeScope()
-            : context.GetWeight("weight", experts, dModel).to(ScalarType.Float32, context.Device).detach().clone().DetachFromDisposeScope();
+        // The scope holds the temporaries of the copy until it exists (see SwiGluExpert.CopyWeight), then frees them.
+        using (NewDisposeScope())
+        {
+            _gate = context.Weights is null
+                ? randn(new long[] { experts, dModel }, generator: new Generator((ulong)context.Seed)).mul_(1.0 / Math.Sqrt(dModel)).to(context.Device).DetachFromDisposeScope()
+                : context.GetWeight("weight", experts, dModel).to(ScalarType.Float32, context.Device).detach().clone().DetachFromDisposeScope();
+        }
         Descriptor = new RouterDescriptor("topk", experts, _k);
     }
 

@@ -28,7 +28,7 @@ internal static class OffloadBenchCommand
 
     internal sealed record OffloadRun(
         string Workload, double BudgetFraction, string Policy, double HitRatio, double LoadsPerToken, double DemandLoadsPerToken,
-        double BytesPerToken, long PeakDeviceBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
+        double BytesPerToken, long PeakDeviceBytes, double MemorySaved, long PeakDeviceExpertBytes, long PeakCacheBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
         double StallMsPerToken, double? PredictionRecall, double? PredictionPrecision, double DistinctExpertsPerBatchLayer,
         long Tokens, bool? IdenticalToResident);
 
@@ -48,21 +48,16 @@ internal static class OffloadBenchCommand
         var replayRequests = new Option<int>("--replay-requests") { Description = "Concurrent requests in the Mixtral replay", DefaultValueFactory = _ => 32 };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 1 };
         var skipModel = new Option<bool>("--no-model") { Description = "Only the Mixtral replay" };
-        var only = new Option<string?>("--only") { Description = "Run one item in this process (model:0.25:lru, model:greedy, model:quant, mixtral:0.5:lfu, ...)" };
-        var inProcess = new Option<bool>("--in-process") { Description = "Run every item in this process instead of one child process per item" };
+        var only = new Option<string?>("--only") { Description = "Run one item only (model:0.25:lru, model:greedy, model:quant, mixtral:0.5:lfu, ...)" };
         var command = new Command("offload", "Experts that do not fit: expert store, device budget, LRU/LFU/predictive caching, prefetch and token scheduling")
         {
-            json, checkpoint, requests, batch, newTokens, prompt, replayTokens, replayRequests, threads, skipModel, only, inProcess,
+            json, checkpoint, requests, batch, newTokens, prompt, replayTokens, replayRequests, threads, skipModel, only,
         };
         command.SetAction(async (parse, ct) =>
         {
             set_num_threads(Math.Max(1, parse.GetValue(threads)));
             var progress = !parse.GetValue(json);
             _only = parse.GetValue(only);
-            if (_only is null && !parse.GetValue(inProcess))
-            {
-                return await Isolated(parse.GetValue(skipModel), parse.GetValue(json), ct);
-            }
             var dir = Path.Combine(Path.GetTempPath(), $"moegrains-offload-{Environment.ProcessId}");
             Directory.CreateDirectory(dir);
             try
@@ -118,91 +113,6 @@ internal static class OffloadBenchCommand
 
     private static bool Want(string item) => _only is null || _only == item;
 
-    // Each item in its own process: the runs of one process cannot disturb the next (see the README on the native crash).
-    private static async Task<int> Isolated(bool skipModel, bool asJson, CancellationToken ct)
-    {
-        var items = new List<string>();
-        if (!skipModel)
-        {
-            items.AddRange(from f in Budgets from p in Policies select $"model:{f}:{p}");
-            items.Add("model:greedy");
-            items.Add("model:quant");
-        }
-        items.AddRange(from f in Budgets from p in Policies select $"mixtral:{f}:{p}");
-        var args = Environment.GetCommandLineArgs().Skip(1).Where(a => a != "--json").ToList();
-        var host = Environment.ProcessPath!;
-        var prefix = Path.GetFileNameWithoutExtension(host) == "dotnet" ? new List<string> { typeof(OffloadBenchCommand).Assembly.Location } : [];
-        var runs = new List<OffloadRun>();
-        System.Text.Json.Nodes.JsonObject? merged = null;
-        var failures = new List<string>();
-        foreach (var item in items)
-        {
-            string? output = null;
-            for (var attempt = 1; attempt <= 3 && output is null; attempt++)
-            {
-                if (!asJson) Console.Error.WriteLine($"{item} (attempt {attempt})...");
-                var start = new ProcessStartInfo(host) { RedirectStandardOutput = true, RedirectStandardError = true };
-                foreach (var a in prefix.Concat(args).Concat(["--only", item, "--json"])) start.ArgumentList.Add(a);
-                using var child = Process.Start(start)!;
-                var stdout = child.StandardOutput.ReadToEndAsync(ct);
-                var stderr = child.StandardError.ReadToEndAsync(ct);
-                await child.WaitForExitAsync(ct);
-                if (child.ExitCode == 0)
-                {
-                    output = await stdout;
-                }
-                else
-                {
-                    var error = (await stderr).Split('\n').FirstOrDefault(l => l.Contains("error", StringComparison.OrdinalIgnoreCase) || l.Contains("exception", StringComparison.OrdinalIgnoreCase));
-                    failures.Add($"{item} attempt {attempt}: exit code {child.ExitCode} {error}".Trim());
-                    if (child.ExitCode == 2) break; // a refused input: retrying cannot help
-                }
-            }
-            if (output is null)
-            {
-                continue;
-            }
-            var node = System.Text.Json.Nodes.JsonNode.Parse(output)!.AsObject();
-            runs.AddRange(node["runs"]!.Deserialize<OffloadRun[]>(BenchCommands.JsonOptions)!);
-            if (merged is null)
-            {
-                merged = node;
-            }
-            else
-            {
-                foreach (var key in new[] { "model", "mixtral", "quantisation", "greedy_identical_at25", "all_experts_bytes", "non_expert_bytes" })
-                {
-                    var value = node[key];
-                    var have = merged[key];
-                    var empty = have is null || have.ToJsonString() is "\"skipped\"" or "[]" or "0" or "null";
-                    if (value is not null && empty && value.ToJsonString() is not ("\"skipped\"" or "[]" or "0" or "null"))
-                    {
-                        merged[key] = value.DeepClone();
-                    }
-                }
-            }
-        }
-        if (merged is null)
-        {
-            Console.Error.WriteLine($"error: every item failed: {string.Join("; ", failures)}");
-            return 1;
-        }
-        merged["runs"] = System.Text.Json.Nodes.JsonNode.Parse(JsonSerializer.Serialize(runs, BenchCommands.JsonOptions));
-        merged["failed_attempts"] = new System.Text.Json.Nodes.JsonArray([.. failures.Select(f => (System.Text.Json.Nodes.JsonNode?)System.Text.Json.Nodes.JsonValue.Create(f))]);
-        if (asJson)
-        {
-            Console.WriteLine(merged.ToJsonString(BenchCommands.JsonOptions));
-        }
-        else
-        {
-            var report = new OffloadReport("offload", merged["model"]!, merged["mixtral"]!, (long?)merged["all_experts_bytes"] ?? 0, (long?)merged["non_expert_bytes"] ?? 0,
-                (bool?)merged["greedy_identical_at25"], merged["quantisation"]!, [.. runs]);
-            Print(report);
-            foreach (var f in failures) AnsiConsole.WriteLine($"failed attempt: {f}");
-        }
-        return 0;
-    }
-
     private static void Log(bool progress, string text)
     {
         if (progress) Console.Error.WriteLine(text);
@@ -230,7 +140,7 @@ internal static class OffloadBenchCommand
         var store = ExpertWeightStore.Write(file, spec, Path.Combine(dir, "lm-fp32"));
         var total = store.Count;
         var expertBytes = store.TotalDeviceBytes;
-        var nonExpertBytes = file.Tensors.Values.Where(t => !t.Name.Contains(".block_sparse_moe.experts.", StringComparison.Ordinal)).Sum(t => t.ByteLength);
+        var nonExpertBytes = NonExpertBytes(path);
 
         // The predictor learns from the model's own routes on training text (teacher-forced windows).
         Log(progress, "recording routes on training text for the predictor...");
@@ -290,6 +200,8 @@ internal static class OffloadBenchCommand
         var greedyPrompt = prompts[0];
         var quant = new List<object>();
         bool? identical = null;
+        object greedyMemory = "skipped";
+        IReadOnlyList<ExpertBitChoice> plan = [];
         List<int> offloaded = [];
         if (Want("model:greedy") || Want("model:quant"))
         {
@@ -304,14 +216,29 @@ internal static class OffloadBenchCommand
         using (var single = new SessionBatcher(model, plugins, path, CliServices.Provider, 1))
         {
             offloaded = await Greedy(async (tokens, token) => (await single.StepAsync([(0, tokens)], token))[0], greedyPrompt, 48, ct);
+            greedyMemory = new
+            {
+                peak_device_bytes = nonExpertBytes + model.PeakDeviceExpertBytes,
+                peak_device_expert_bytes = model.PeakDeviceExpertBytes,
+                peak_cache_bytes = model.Cache.Stats().PeakResidentBytes,
+                all_resident_bytes = nonExpertBytes + expertBytes,
+                memory_saved = Math.Round(1 - (double)(nonExpertBytes + model.PeakDeviceExpertBytes) / (nonExpertBytes + expertBytes), 4),
+                memory_saved_counting_cache_budget = Math.Round(1 - (double)(nonExpertBytes + model.Cache.Stats().PeakResidentBytes) / (nonExpertBytes + expertBytes), 4),
+                expert_memory_saved = Math.Round(1 - (double)model.PeakDeviceExpertBytes / expertBytes, 4),
+            };
         }
         identical = reference.SequenceEqual(offloaded);
 
         // Quantised stores: bytes and agreement of greedy output with the float32 model.
         Log(progress, "int8 and int4 stores...");
-        foreach (var bits in Want("model:quant") ? new[] { 8, 4 } : [])
+        // EdgeMoE's per-expert bit-widths: 8 or 4 bits each, calibrated (4-bit error x routing frequency) to an average of 6 bits.
+        plan = Want("model:quant") ? BitWidthPlanner.Plan(file, spec, (l, e) => predictor.Marginal(l)[e], 6) : [];
+        var variants = Want("model:quant")
+            ? new (string Name, Func<int, int, int> Bits)[] { ("int8", (_, _) => 8), ("int4", (_, _) => 4), ("calibrated 8/4 (avg 6 bits)", BitWidthPlanner.Bits(plan)) }
+            : [];
+        foreach (var (name, bitsOf) in variants)
         {
-            var q = ExpertWeightStore.Write(file, spec, Path.Combine(dir, $"lm-int{bits}"), (_, _) => bits);
+            var q = ExpertWeightStore.Write(file, spec, Path.Combine(dir, $"lm-{name[..4]}"), bitsOf);
             using var model = new OffloadedMoeModel(plugins, q, CliServices.Provider,
                 new OffloadOptions { Budget = new(BudgetExperts(0.25, total)), Policy = ExpertCachePolicy.Predictive }, predictor, path);
             using var single = new SessionBatcher(model, plugins, path, CliServices.Provider, 1);
@@ -320,7 +247,9 @@ internal static class OffloadBenchCommand
             var stats = model.Cache.Stats();
             quant.Add(new
             {
-                bits,
+                bits = name,
+                experts_at_4_bits = q.Entries.Count(e => e.Bits == 4),
+                experts_at_8_bits = q.Entries.Count(e => e.Bits == 8),
                 store_bytes = q.Entries.Sum(e => e.FileBytes),
                 fp32_store_bytes = store.Entries.Sum(e => e.FileBytes),
                 bytes_per_token = (double)stats.BytesRead / (greedyPrompt.Length + tokens.Count),
@@ -336,9 +265,15 @@ internal static class OffloadBenchCommand
             requests, batch = batchSize, prompt_tokens = promptChars, new_tokens = newTokens, predictor_paths = predictor.Observed,
             resident_tokens_per_s = resident.TokensPerS, resident_distinct_experts_per_batch_layer = resident.Distinct,
             greedy_continuation = tokenizer.Decode(offloaded),
+            greedy_at_25 = greedyMemory,
+            calibrated_bits = plan.Count == 0 ? null : plan.Select(c => new { c.Layer, c.Expert, importance = Math.Round(c.Importance, 4), error4 = Math.Round(c.Error4, 5), error8 = Math.Round(c.Error8, 5), c.Bits }).ToArray(),
         };
         return new ModelResult(info, quant, identical, expertBytes, nonExpertBytes, runs);
     }
+
+    // The weights that stay resident besides the experts: embeddings, attention, norms, routers and the output head.
+    private static long NonExpertBytes(string checkpointPath) => SafeTensorsFile.Open(checkpointPath).Tensors.Values
+        .Where(t => !t.Name.Contains(".block_sparse_moe.experts.", StringComparison.Ordinal)).Sum(t => t.ByteLength);
 
     private static async Task<List<int>> Greedy(DecoderStepAsync step, long[] prompt, int count, CancellationToken ct)
     {
@@ -360,7 +295,8 @@ internal static class OffloadBenchCommand
         return best;
     }
 
-    private sealed record RunResult(ExpertCacheStats Stats, PredictionStats Prediction, long Tokens, double Seconds, double Distinct, List<int>[] Outputs)
+    private sealed record RunResult(ExpertCacheStats Stats, PredictionStats Prediction, long Tokens, double Seconds, double Distinct, List<int>[] Outputs,
+        long PeakDeviceExpertBytes, long NonExpertBytes, long AllExpertBytes)
     {
         public double TokensPerS => Tokens / Math.Max(Seconds, 1e-9);
     }
@@ -399,7 +335,8 @@ internal static class OffloadBenchCommand
         }
         var seconds = sw.Elapsed.TotalSeconds;
         model.Cache.WaitForPrefetches();
-        return new RunResult(Minus(model.Cache.Stats(), start), model.Prediction, tokens, seconds, batcher.DistinctExpertsPerLayerCall, outputs);
+        return new RunResult(Minus(model.Cache.Stats(), start), model.Prediction, tokens, seconds, batcher.DistinctExpertsPerLayerCall, outputs,
+            model.PeakDeviceExpertBytes, NonExpertBytes(path), store.TotalDeviceBytes);
     }
 
     private static ExpertCacheStats Minus(ExpertCacheStats a, ExpertCacheStats b) => a with
@@ -413,7 +350,9 @@ internal static class OffloadBenchCommand
         var s = r.Stats;
         var predictive = policy.StartsWith("predictive", StringComparison.Ordinal);
         return new OffloadRun(workload, fraction, policy, Math.Round(s.HitRatio, 4), Math.Round((double)s.Loads / r.Tokens, 4),
-            Math.Round((double)s.DemandLoads / r.Tokens, 4), Math.Round((double)s.BytesRead / r.Tokens, 1), s.PeakResidentBytes, s.PeakResidentExperts,
+            Math.Round((double)s.DemandLoads / r.Tokens, 4), Math.Round((double)s.BytesRead / r.Tokens, 1),
+            r.NonExpertBytes + r.PeakDeviceExpertBytes, Math.Round(1 - (double)(r.NonExpertBytes + r.PeakDeviceExpertBytes) / (r.NonExpertBytes + r.AllExpertBytes), 4),
+            r.PeakDeviceExpertBytes, s.PeakResidentBytes, s.PeakResidentExperts,
             Math.Round(r.TokensPerS, 1), Math.Round(residentTokensPerS / Math.Max(r.TokensPerS, 1e-9), 3), Math.Round(s.StallMs / r.Tokens, 3),
             predictive ? Math.Round(r.Prediction.Recall, 4) : null, predictive ? Math.Round(r.Prediction.Precision, 4) : null,
             Math.Round(r.Distinct, 3), r.Tokens,
@@ -488,7 +427,8 @@ internal static class OffloadBenchCommand
             }
             var seconds = sw.Elapsed.TotalSeconds;
             model.Cache.WaitForPrefetches();
-            return new RunResult(Minus(model.Cache.Stats(), start), model.Prediction, tokens, seconds, calls == 0 ? 0 : (double)distinct / calls, []);
+            return new RunResult(Minus(model.Cache.Stats(), start), model.Prediction, tokens, seconds, calls == 0 ? 0 : (double)distinct / calls, [],
+                model.PeakDeviceExpertBytes, 0, store.TotalDeviceBytes);
         }
 
         Log(progress, $"Mixtral replay: everything resident, {requests} requests x {tokensPerRequest} tokens, batches of {batchSize}...");
@@ -562,14 +502,14 @@ internal static class OffloadBenchCommand
         foreach (var workload in report.Runs.Select(r => r.Workload).Distinct())
         {
             var table = new Table().Title($"[bold]{workload}[/]");
-            foreach (var c in new[] { "budget", "policy", "hit ratio", "loads/token", "demand loads/token", "bytes/token", "peak device bytes", "peak experts", "tokens/s", "slowdown", "stall ms/token", "recall", "distinct/batch-layer", "same output" })
+            foreach (var c in new[] { "budget", "policy", "hit ratio", "loads/token", "demand loads/token", "bytes/token", "peak device bytes", "memory saved", "peak experts", "tokens/s", "slowdown", "stall ms/token", "recall", "distinct/batch-layer", "same output" })
             {
                 table.AddColumn(c);
             }
             foreach (var r in report.Runs.Where(r => r.Workload == workload))
             {
                 table.AddRow($"{r.BudgetFraction:P0}", r.Policy, $"{r.HitRatio:F3}", $"{r.LoadsPerToken:F3}", $"{r.DemandLoadsPerToken:F3}", $"{r.BytesPerToken:N0}",
-                    $"{r.PeakDeviceBytes:N0}", $"{r.PeakResidentExperts}", $"{r.TokensPerS:F1}", $"{r.SlowdownVsResident:F2}x", $"{r.StallMsPerToken:F2}",
+                    $"{r.PeakDeviceBytes:N0}", $"{r.MemorySaved:P1}", $"{r.PeakResidentExperts}", $"{r.TokensPerS:F1}", $"{r.SlowdownVsResident:F2}x", $"{r.StallMsPerToken:F2}",
                     r.PredictionRecall is { } rc ? $"{rc:F3}" : "-", $"{r.DistinctExpertsPerBatchLayer:F2}", r.IdenticalToResident is { } i ? (i ? "yes" : "no") : "-");
             }
             AnsiConsole.Write(table);

@@ -17,7 +17,9 @@ namespace MoeGrains.Grains;
 /// <summary>
 /// Hosts one expert plugin on this silo's device. The plugin and its weights are created on the first call (and after a
 /// failure, on the next one, so a repaired checkpoint is picked up without a restart); a bad checkpoint or a plugin that
-/// throws fails this expert only, with a typed error.
+/// throws fails this expert only, with a typed error. With a device budget (<c>MoeGrains:Offload</c>) the grain holds no
+/// weights: each computation borrows its expert from the silo's <see cref="Offload.SiloExpertCache"/>, which loads it from
+/// the expert weight store when it is not resident and evicts others under the budget.
 /// </summary>
 /// <remarks>
 /// Reentrant, so that it can count what waits for it and refuse beyond <see cref="MoeGrainsOptions.MaxQueuedPerExpert"/>
@@ -27,7 +29,8 @@ namespace MoeGrains.Grains;
 [Reentrant]
 internal sealed partial class ExpertGrain(
     ModelCatalog models, PluginCatalog plugins, SiloDevice device, IServiceProvider services,
-    IOptions<TensorWireOptions> wire, IOptions<MoeGrainsOptions> options, ILogger<ExpertGrain> logger, ExpertTokenCounts? tokenCounts = null) : Grain, IExpertGrain
+    IOptions<TensorWireOptions> wire, IOptions<MoeGrainsOptions> options, Offload.SiloExpertCache offload, ILogger<ExpertGrain> logger,
+    ExpertTokenCounts? tokenCounts = null) : Grain, IExpertGrain
 {
     private IExpert? _expert;
     private ModelSpec? _spec;
@@ -149,8 +152,9 @@ internal sealed partial class ExpertGrain(
     // and each output slice is checked on its own. Returns a result per call, null where the call already failed.
     private ExpertResult?[] Compute(string key, string silo, IReadOnlyList<PendingCall> calls)
     {
-        var expert = Ensure(key);
-        var spec = _spec!;
+        using var lease = offload.Enabled ? offload.Acquire(key, CancellationToken.None) : null;
+        var expert = lease?.Expert ?? Ensure(key);
+        var spec = lease?.Spec ?? _spec!;
         var results = new ExpertResult?[calls.Count];
         using var scope = NewDisposeScope();
         using var noGrad = no_grad();
@@ -230,7 +234,8 @@ internal sealed partial class ExpertGrain(
         var silo = RuntimeIdentity;
         return device.Lane.RunAsync(() =>
         {
-            var d = Ensure(key).Descriptor;
+            using var lease = offload.Enabled ? offload.Acquire(key) : null;
+            var d = (lease?.Expert ?? Ensure(key)).Descriptor;
             return new ExpertInfo(key, d.Name, silo, device.Name, d.InputDim, d.OutputDim, d.ParameterBytes, d.DType);
         });
     }

@@ -68,4 +68,7 @@ public sealed class MoeGrainsOptions
 
     /// <summary>Most tokens one layer request may carry (default 65,536).</summary>
     public int MaxTokensPerRequest { get; set; } = 65_536;
+
+    /// <summary>Experts that do not fit: this silo's device budget for expert weights, the cache policy and the weight stores (off by default).</summary>
+    public MoeGrains.Offload.ExpertOffloadOptions Offload { get; set; } = new();
 }

@@ -36,6 +36,7 @@ public static class MoeGrainsSiloBuilderExtensions
         builder.Services.TryAddSingleton<Dispatch.LayerRequestCoalescer>();
         builder.Services.TryAddSingleton(TimeProvider.System);
         builder.Services.TryAddSingleton<Reliability.ExpertCircuitBreakers>();
+        builder.Services.TryAddSingleton<Offload.SiloExpertCache>();
         builder.Services.TryAddSingleton(sp =>
         {
             var o = sp.GetRequiredService<IOptions<MoeGrainsOptions>>().Value;
@@ -133,6 +134,7 @@ internal sealed class MoeGrainsOptionsValidator : IValidateOptions<MoeGrainsOpti
             if (!System.Text.RegularExpressions.Regex.IsMatch(hash, "^[0-9a-fA-F]{64}$")) errors.Add($"MoeGrains:TrustedPluginSha256 entry '{hash}' is not a SHA-256 in hex.");
         if (o.NativeHeapArenas is < 0 or > 1024) errors.Add($"MoeGrains:NativeHeapArenas must be 0..1024, got {o.NativeHeapArenas}.");
         if (o.DeviceMemoryBudgetBytes < 0) errors.Add("MoeGrains:DeviceMemoryBudgetBytes must not be negative.");
+        errors.AddRange(o.Offload.Errors());
         var device = o.Device.Trim().ToLowerInvariant();
         if (device is not ("auto" or "cpu") && !System.Text.RegularExpressions.Regex.IsMatch(device, "^cuda(:[0-9]+)?$"))
             errors.Add($"MoeGrains:Device must be auto, cpu or cuda:N, got '{o.Device}'.");

@@ -3,10 +3,10 @@ using MoeGrains.Diagnostics;
 
 namespace MoeGrains.Offload;
 
-/// <summary>An expert of a model: its layer and its index in the layer.</summary>
-public readonly record struct ExpertId(int Layer, int Expert)
+/// <summary>An expert of a model: its layer and its index in the layer (and the model's name, where a cache holds several).</summary>
+public readonly record struct ExpertId(int Layer, int Expert, string? Model = null)
 {
-    public override string ToString() => $"{Layer}/{Expert}";
+    public override string ToString() => Model is null ? $"{Layer}/{Expert}" : $"{Model}/{Layer}/{Expert}";
 }
 
 /// <summary>How a full cache chooses what to evict.</summary>
@@ -67,6 +67,7 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
     private readonly Func<ExpertId, (T Value, long BytesRead)> _load;
     private readonly Lock _gate = new();
     private long _clock;
+    private TaskCompletionSource _unpinned = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private long _accesses, _hits, _demandLoads, _prefetches, _prefetchesUsed, _evictions, _bytesRead, _residentBytes, _peakBytes;
     private int _peakExperts;
     private double _stallMs;
@@ -113,10 +114,16 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
             var cache = Interlocked.Exchange(ref _cache, null);
             if (cache is not null)
             {
+                TaskCompletionSource? unpinned = null;
                 lock (cache._gate)
                 {
-                    _entry.Pins--;
+                    if (--_entry.Pins == 0)
+                    {
+                        unpinned = cache._unpinned;
+                        cache._unpinned = new(TaskCreationOptions.RunContinuationsAsynchronously);
+                    }
                 }
+                unpinned?.TrySetResult();
             }
         }
     }
@@ -208,7 +215,10 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
                         }
                         else
                         {
+                            // Every slot is loading or in use by other computations (a device lane that runs a slow one
+                            // beside the next): wait for a load to end or an expert to be let go.
                             wait = _entries.Values.FirstOrDefault(e => e.Value is null && e.Loading is not null)?.Loading
+                                ?? (_entries.Values.Any(e => e.Pins > 0) ? _unpinned.Task : null)
                                 ?? throw new InvalidOperationException(
                                     $"The expert cache ({Budget.MaxExperts} experts, {Budget.MaxBytes} bytes) is full of experts in use: expert {id} cannot be loaded.");
                             entry = null!;

@@ -55,7 +55,7 @@ public sealed class OffloadedMoeModel : IDisposable
     private readonly SafeTensorsFile? _routerCheckpoint;
     private readonly Lock _gate = new();
     private HashSet<int>? _predictedNext;
-    private long _predicted, _used, _correct;
+    private long _predicted, _used, _correct, _deviceBytes, _peakDeviceBytes;
 
     public OffloadedMoeModel(PluginCatalog plugins, ExpertWeightStore store, IServiceProvider services, OffloadOptions options,
         RoutingPathPredictor? predictor = null, string? routerCheckpoint = null, Device? device = null)
@@ -95,6 +95,16 @@ public sealed class OffloadedMoeModel : IDisposable
     /// <summary>Called with each layer's routing (and the rows' token ids, when known): to record traces.</summary>
     public Action<int, RoutingResult, long[]?>? OnRouted { get; set; }
 
+    /// <summary>
+    /// Bytes of expert weights that exist as tensors on the device now, and at most so far. An expert in the cache becomes
+    /// device tensors when it is first used; until then (prefetched, being read) its weights wait in host memory, though
+    /// the cache's budget already counts them.
+    /// </summary>
+    public long DeviceExpertBytes => Interlocked.Read(ref _deviceBytes);
+
+    /// <inheritdoc cref="DeviceExpertBytes"/>
+    public long PeakDeviceExpertBytes => Interlocked.Read(ref _peakDeviceBytes);
+
     public PredictionStats Prediction
     {
         get
@@ -110,20 +120,41 @@ public sealed class OffloadedMoeModel : IDisposable
         return (new ResidentExpert(host), host.BytesRead);
     }
 
-    // The compute thread: the host weights become the plugin's tensors on the device.
-    private IExpert CreateExpert(ExpertId id, HostExpertWeights host)
+    // The compute thread: the host weights become the plugin's tensors on the device (counted until the expert is evicted).
+    private IExpert Materialise(ResidentExpert resident, ExpertId id)
     {
-        using var weights = host.ToTensors(Device);
+        if (resident.Expert is { } made)
+        {
+            return made;
+        }
+        var bytes = _store.Entry(id.Layer, id.Expert).DeviceBytes;
+        var expert = resident.Get(host => CreateExpert(_plugins, Spec, id, host, Device, _services));
+        var now = Interlocked.Add(ref _deviceBytes, bytes);
+        long peak;
+        while (now > (peak = Interlocked.Read(ref _peakDeviceBytes)) && Interlocked.CompareExchange(ref _peakDeviceBytes, now, peak) != peak)
+        {
+        }
+        resident.Released = () => Interlocked.Add(ref _deviceBytes, -bytes);
+        return expert;
+    }
+
+    /// <summary>Makes the plugin of expert <paramref name="id"/> from its host weights, on <paramref name="device"/> (call on the thread that computes).</summary>
+    internal static IExpert CreateExpert(PluginCatalog plugins, ModelSpec spec, ExpertId id, HostExpertWeights host, Device device, IServiceProvider services)
+    {
+        using var weights = host.ToTensors(device);
+        // Holds whatever temporaries the plugin makes while it copies its weights (left to the finalizer thread, one can be
+        // freed while libtorch still reads it) and frees them here; the plugin keeps only the tensors it detached.
+        using var scope = NewDisposeScope();
         var context = new PluginContext
         {
-            Id = $"{Spec.Name}/{id.Layer}/{id.Expert}",
+            Id = $"{spec.Name}/{id.Layer}/{id.Expert}",
             Layer = id.Layer,
             Index = id.Expert,
-            Device = Device,
-            Settings = Spec.Settings,
+            Device = device,
+            Settings = spec.Settings,
             Weights = weights.Weights,
         };
-        return _plugins.Create<IExpert>(Spec.ExpertPlugin, PluginKind.Expert, context, _services);
+        return plugins.Create<IExpert>(spec.ExpertPlugin, PluginKind.Expert, context, services);
     }
 
     /// <summary>
@@ -135,6 +166,9 @@ public sealed class OffloadedMoeModel : IDisposable
         private HostExpertWeights? _host = host;
 
         public IExpert? Expert { get; private set; }
+
+        /// <summary>Called once when a made expert is disposed (evicted).</summary>
+        internal Action? Released { get; set; }
 
         internal IExpert Get(Func<HostExpertWeights, IExpert> create)
         {
@@ -148,8 +182,13 @@ public sealed class OffloadedMoeModel : IDisposable
 
         public void Dispose()
         {
-            Expert?.Dispose();
-            Expert = null;
+            if (Expert is not null)
+            {
+                Expert.Dispose();
+                Expert = null;
+                Released?.Invoke();
+                Released = null;
+            }
             _host = null;
         }
     }
@@ -178,7 +217,7 @@ public sealed class OffloadedMoeModel : IDisposable
         {
             var id = new ExpertId(e.Layer, e.Expert);
             using var lease = Cache.Acquire(id);
-            lease.Value.Get(host => CreateExpert(id, host));
+            Materialise(lease.Value, id);
         }
     }
 
@@ -205,7 +244,7 @@ public sealed class OffloadedMoeModel : IDisposable
             var sw = Stopwatch.StartNew();
             var id = new ExpertId(layer, e);
             using var lease = Cache.Acquire(id, ct);
-            var expert = lease.Value.Get(host => CreateExpert(id, host));
+            var expert = Materialise(lease.Value, id);
             using var _ = no_grad();
             var y = expert.Forward(batch);
             return Task.FromResult(new ExpertAnswer(y, "local", sw.Elapsed.TotalMilliseconds, 0));
@@ -264,7 +303,15 @@ public sealed class OffloadedMoeModel : IDisposable
         {
             return;
         }
-        var limit = Options.PrefetchLimit > 0 ? Options.PrefetchLimit : experts;
+        // Only what fits beside this layer's own experts: a prefetch that this layer's demand loads would evict again is a wasted read.
+        var room = Cache.Budget.MaxExperts == int.MaxValue ? experts : Math.Max(0, Cache.Budget.MaxExperts - needed.Length);
+        if (Cache.Budget.MaxBytes != long.MaxValue)
+        {
+            var largest = _store.Entries.Max(e => e.DeviceBytes);
+            var neededBytes = needed.Sum(e => _store.Entry(layer, e).DeviceBytes);
+            room = (int)Math.Min(room, Math.Max(0, (Cache.Budget.MaxBytes - neededBytes) / largest));
+        }
+        var limit = Math.Min(Options.PrefetchLimit > 0 ? Options.PrefetchLimit : experts, room);
         var next = batch[layer + 1]!;
         var chosen = Enumerable.Range(0, experts).Where(e => next[e] >= Options.PrefetchThreshold)
             .OrderByDescending(e => next[e]).ThenBy(e => e).Take(limit).ToArray();

@@ -21,6 +21,7 @@ public sealed class SessionBatcher : IDisposable
     private readonly Dictionary<int, List<(int Slot, Tensor Hidden, TaskCompletionSource<MoeLayerAnswer> Done)>> _pending = [];
     private long[][] _tokens = [];
     private int _expected;
+    private Exception? _failed;
     private long _layerCalls, _distinct;
 
     public SessionBatcher(OffloadedMoeModel model, PluginCatalog plugins, string checkpointPath, IServiceProvider services, int sessions)
@@ -60,12 +61,34 @@ public sealed class SessionBatcher : IDisposable
             }
         }
         _expected = members.Count;
+        _failed = null;
         foreach (var (slot, tokens) in members)
         {
             _tokens[slot] = tokens;
         }
         var steps = members.Select(m => _sessions[m.Slot].AppendAsync(m.Tokens, cancellationToken)).ToArray();
+        foreach (var step in steps)
+        {
+            // A session that fails before it reaches a layer would leave the others waiting for it there: fail them too.
+            _ = step.ContinueWith(t => FailPending(t.Exception!.GetBaseException()), CancellationToken.None,
+                TaskContinuationOptions.OnlyOnFaulted | TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+        }
         return await Task.WhenAll(steps);
+    }
+
+    private void FailPending(Exception error)
+    {
+        List<(int Slot, Tensor Hidden, TaskCompletionSource<MoeLayerAnswer> Done)> waiting;
+        lock (_pending)
+        {
+            waiting = [.. _pending.Values.SelectMany(l => l)];
+            _pending.Clear();
+            _failed = new InvalidOperationException($"Another session of the step failed: {error.Message}", error);
+        }
+        foreach (var w in waiting)
+        {
+            w.Done.TrySetException(_failed);
+        }
     }
 
     private Task<MoeLayerAnswer> Arrive(int slot, int layer, Tensor hidden, CancellationToken cancellationToken)
@@ -75,6 +98,10 @@ public sealed class SessionBatcher : IDisposable
         List<(int Slot, Tensor Hidden, TaskCompletionSource<MoeLayerAnswer> Done)>? ready = null;
         lock (_pending)
         {
+            if (_failed is not null)
+            {
+                return Task.FromException<MoeLayerAnswer>(_failed);
+            }
             if (!_pending.TryGetValue(layer, out var list))
             {
                 _pending[layer] = list = [];

@@ -1,0 +1,240 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using MoeGrains.Contracts;
+using MoeGrains.Devices;
+using MoeGrains.Hosting;
+using MoeGrains.Models;
+using MoeGrains.Plugins;
+
+namespace MoeGrains.Offload;
+
+/// <summary>
+/// Experts that do not fit, for a silo (<c>MoeGrains:Offload</c>): a device budget for the expert weights of the silo's
+/// expert grains. Off (0 and 0, the default) keeps every expert resident, as without this section.
+/// </summary>
+public sealed class ExpertOffloadOptions
+{
+    /// <summary>Most experts resident on this silo's device at once (0: no limit by count).</summary>
+    public int DeviceBudgetExperts { get; set; }
+
+    /// <summary>Most expert weight bytes (float32, as computed) resident on this silo's device at once (0: no limit by bytes).</summary>
+    public long DeviceBudgetBytes { get; set; }
+
+    /// <summary>What a full cache evicts: <c>lru</c>, <c>lfu</c> or <c>predictive</c> (expected next use from the layer order and each expert's observed frequency).</summary>
+    public string Policy { get; set; } = "lru";
+
+    /// <summary>
+    /// Expert weight stores (model → folder with a <c>store.json</c>, see <see cref="ExpertWeightStore"/>). A model without one
+    /// gets a float32 store written from its checkpoint under <see cref="StoreRoot"/> on first use.
+    /// </summary>
+    public Dictionary<string, string> Stores { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>Where stores written from checkpoints go (default: a folder of this process under the temporary folder).</summary>
+    public string? StoreRoot { get; set; }
+
+    public bool Enabled => DeviceBudgetExperts > 0 || DeviceBudgetBytes > 0;
+
+    public ExpertCachePolicy CachePolicy => Policy.Trim().ToLowerInvariant() switch
+    {
+        "lru" => ExpertCachePolicy.Lru,
+        "lfu" => ExpertCachePolicy.Lfu,
+        "predictive" => ExpertCachePolicy.Predictive,
+        _ => throw new ArgumentException($"MoeGrains:Offload:Policy must be lru, lfu or predictive, got '{Policy}'."),
+    };
+
+    public ExpertCacheBudget Budget => new(
+        DeviceBudgetExperts > 0 ? DeviceBudgetExperts : int.MaxValue,
+        DeviceBudgetBytes > 0 ? DeviceBudgetBytes : long.MaxValue);
+
+    /// <summary>What is wrong with these options (empty when valid).</summary>
+    public IEnumerable<string> Errors()
+    {
+        if (DeviceBudgetExperts < 0) yield return $"MoeGrains:Offload:DeviceBudgetExperts must not be negative, got {DeviceBudgetExperts}.";
+        if (DeviceBudgetBytes < 0) yield return $"MoeGrains:Offload:DeviceBudgetBytes must not be negative, got {DeviceBudgetBytes}.";
+        if (Policy.Trim().ToLowerInvariant() is not ("lru" or "lfu" or "predictive"))
+        {
+            yield return $"MoeGrains:Offload:Policy must be lru, lfu or predictive, got '{Policy}'.";
+        }
+        foreach (var (model, folder) in Stores)
+        {
+            if (!File.Exists(Path.Combine(folder, ExpertWeightStore.ManifestFile)))
+            {
+                yield return $"MoeGrains:Offload:Stores: the store of model '{model}' ({folder}) has no {ExpertWeightStore.ManifestFile}.";
+            }
+        }
+    }
+}
+
+/// <summary>An expert lent by the silo's cache to one computation: pinned (not evicted) until disposed.</summary>
+public sealed class SiloExpertLease(IDisposable lease, IExpert expert, ModelSpec spec) : IDisposable
+{
+    public IExpert Expert { get; } = expert;
+
+    public ModelSpec Spec { get; } = spec;
+
+    public void Dispose() => lease.Dispose();
+}
+
+/// <summary>
+/// One silo's expert weights on its device under the budget of <see cref="ExpertOffloadOptions"/>, shared by all the
+/// silo's expert grains: a grain acquires its expert for each computation (on the device lane's thread); a resident
+/// expert is used as it is, another one is read from the model's <see cref="ExpertWeightStore"/> (checked, dequantised)
+/// and made into the plugin, evicting others by the policy. Figures: <see cref="Report"/>, and the <c>moegrains.offload.*</c>
+/// instruments of the MoeGrains meter (the silo's /metrics).
+/// </summary>
+public sealed class SiloExpertCache : IDisposable
+{
+    private readonly ExpertOffloadOptions _options;
+    private readonly ModelCatalog _models;
+    private readonly PluginCatalog _plugins;
+    private readonly SiloDevice _device;
+    private readonly IServiceProvider _services;
+    private readonly ILogger<SiloExpertCache> _logger;
+    private readonly Dictionary<string, ExpertWeightStore> _stores = new(StringComparer.Ordinal);
+    private readonly Dictionary<ExpertId, long> _uses = [];
+    private readonly Dictionary<string, int> _lastLayer = new(StringComparer.Ordinal);
+    private readonly Lock _gate = new();
+    private readonly string _root;
+
+    public SiloExpertCache(IOptions<MoeGrainsOptions> options, ModelCatalog models, PluginCatalog plugins, SiloDevice device,
+        IServiceProvider services, ILogger<SiloExpertCache> logger)
+    {
+        _options = options.Value.Offload;
+        _models = models;
+        _plugins = plugins;
+        _device = device;
+        _services = services;
+        _logger = logger;
+        _root = _options.StoreRoot ?? Path.Combine(Path.GetTempPath(), "moegrains-stores", $"{Environment.ProcessId}-{Guid.NewGuid():N}"[..20]);
+        if (Enabled)
+        {
+            Cache = new DeviceExpertCache<OffloadedMoeModel.ResidentExpert>(_options.Budget, _options.CachePolicy, DeviceBytes, Load);
+            if (_options.CachePolicy == ExpertCachePolicy.Predictive)
+            {
+                Cache.NextUse = NextUse;
+            }
+        }
+    }
+
+    public bool Enabled => _options.Enabled;
+
+    /// <summary>The cache (null when offloading is off).</summary>
+    public DeviceExpertCache<OffloadedMoeModel.ResidentExpert>? Cache { get; }
+
+    /// <summary>The model's expert store: the configured one, or one written from its checkpoint on first use.</summary>
+    public ExpertWeightStore Store(string model)
+    {
+        lock (_gate)
+        {
+            if (_stores.TryGetValue(model, out var store))
+            {
+                return store;
+            }
+            var spec = _models.Get(model);
+            if (_options.Stores.TryGetValue(model, out var folder))
+            {
+                store = ExpertWeightStore.Open(folder);
+            }
+            else
+            {
+                folder = Path.Combine(_root, model);
+                store = ExpertWeightStore.Write(_models.File(model), spec, folder);
+                _logger.LogInformation("Expert store of model {Model} written to {Folder}", model, folder);
+            }
+            if (store.Spec.Layers != spec.Layers || store.Spec.Experts != spec.Experts || store.Spec.DModel != spec.DModel)
+            {
+                throw new CheckpointException($"The expert store of model '{model}' ({store.Folder}) has {store.Spec.Layers} layers x {store.Spec.Experts} experts of width {store.Spec.DModel}; the model {spec.Layers} x {spec.Experts} of width {spec.DModel}.");
+            }
+            _options.Budget.Validate(store.Entries.Max(e => e.DeviceBytes));
+            _stores[model] = store;
+            return store;
+        }
+    }
+
+    /// <summary>
+    /// The expert of <paramref name="key"/> (<c>model/layer/expert</c>), pinned until the lease is disposed; loaded from the
+    /// store when it is not resident. Call on the device lane's thread: the plugin's tensors are made there.
+    /// </summary>
+    public SiloExpertLease Acquire(string key, CancellationToken cancellationToken = default)
+    {
+        var cache = Cache ?? throw new InvalidOperationException("Offloading is off on this silo (no MoeGrains:Offload budget).");
+        var (model, layer, index) = ExpertKey.ParseExpert(key);
+        var spec = _models.Check(model, layer, index);
+        var store = StoreOrFail(key, model);
+        var id = new ExpertId(layer, index, model);
+        lock (_gate)
+        {
+            _uses[id] = _uses.GetValueOrDefault(id) + 1;
+            _lastLayer[model] = layer;
+        }
+        var lease = cache.Acquire(id, cancellationToken);
+        try
+        {
+            var expert = lease.Value.Get(host => OffloadedMoeModel.CreateExpert(_plugins, store.Spec, id, host, _device.Device, _services));
+            return new SiloExpertLease(lease, expert, spec);
+        }
+        catch (Exception e) when (e is not MoeGrainsException)
+        {
+            lease.Dispose();
+            throw new ExpertFailedException($"Expert '{key}' could not be made from its stored weights: {e.Message}");
+        }
+    }
+
+    private ExpertWeightStore StoreOrFail(string key, string model)
+    {
+        try
+        {
+            return Store(model);
+        }
+        catch (ArgumentOutOfRangeException e)
+        {
+            throw new ExpertFailedException($"Expert '{key}': the device budget cannot hold it ({e.Message}).");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new CheckpointException($"Expert '{key}': the expert store of model '{model}' cannot be written or read: {e.Message}");
+        }
+    }
+
+    private long DeviceBytes(ExpertId id) => Store(id.Model!).Entry(id.Layer, id.Expert).DeviceBytes;
+
+    private (OffloadedMoeModel.ResidentExpert, long) Load(ExpertId id)
+    {
+        var host = Store(id.Model!).ReadHost(id.Layer, id.Expert);
+        return (new OffloadedMoeModel.ResidentExpert(host), host.BytesRead);
+    }
+
+    // Predictive eviction in a silo, which sees expert calls but not the tokens' routes: the layers after the one running now
+    // come sooner (layer order), and within a layer the experts used more often so far are more likely to be needed.
+    private double NextUse(ExpertId id)
+    {
+        lock (_gate)
+        {
+            var layers = _models.Get(id.Model!).Layers;
+            var last = _lastLayer.GetValueOrDefault(id.Model!);
+            var distance = (id.Layer - last + layers) % layers;
+            if (distance == 0) distance = layers;
+            long most = 1;
+            foreach (var (other, n) in _uses)
+            {
+                if (other.Model == id.Model && other.Layer == id.Layer && n > most) most = n;
+            }
+            var p = Math.Max((double)_uses.GetValueOrDefault(id) / most, 1e-3);
+            return distance + layers * (1 - p) / p;
+        }
+    }
+
+    /// <summary>This silo's figures.</summary>
+    public OffloadCacheReport Report(string silo)
+    {
+        if (Cache is null)
+        {
+            return new OffloadCacheReport(silo, false, "off", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        }
+        var s = Cache.Stats();
+        return new OffloadCacheReport(silo, true, _options.Policy.Trim().ToLowerInvariant(), _options.DeviceBudgetExperts, _options.DeviceBudgetBytes,
+            s.Accesses, s.Hits, s.Loads, s.Evictions, s.BytesRead, s.ResidentExperts, s.ResidentBytes, s.PeakResidentExperts, s.PeakResidentBytes, Math.Round(s.StallMs, 3));
+    }
+
+    public void Dispose() => Cache?.Dispose();
+}
