@@ -24,8 +24,8 @@ public sealed class GenerationKillTests(ITestOutputHelper output)
 {
     private const int ResponseTimeoutMs = 10_000;
 
-    /// <summary>Each of the 2 layers waits at most this for its experts: a token's step is bounded by 2 x 5 s &lt; ResponseTimeout + 2 s.</summary>
-    private const int ExpertTimeoutMs = 5000;
+    /// <summary>Each of the 2 layers waits at most this for its experts: a token is bounded by 2 x 4 s, plus the consumer's 2 s replay wait when the stream lost it, &lt; ResponseTimeout + 2 s.</summary>
+    private const int ExpertTimeoutMs = 4000;
     private const int Sessions = 4;
     private const int MaxTokens = 120;
 
