@@ -28,6 +28,9 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
     private readonly List<GenerationEvent> _published = []; // every event of the generation, for Replay
 
     private static readonly TimeSpan GenerationKeepAlive = TimeSpan.FromMinutes(10);
+
+    /// <summary>How long a token waits for its stream publication (normally milliseconds) before generation goes on.</summary>
+    private static readonly TimeSpan PublishWait = TimeSpan.FromSeconds(1);
     private long _messages, _bytes;
 
     public async Task<DecoderStep> Append(long[] tokens, string? router, CancellationToken cancellationToken)
@@ -136,7 +139,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             var perToken = session.ExpertSlots.Select((e, l) => (double)(e + (_weak?.ExpertSlots[l] ?? 0)) / Math.Max(1, session.Position)).ToArray();
             var end = GenerationEvent.End(sequence, finish, error) with { ExpertsPerToken = perToken, Silo = RuntimeIdentity };
             _published.Add(end);
-            await stream.OnNextAsync(end);
+            await Publish(stream, end);
         }
         catch (Exception e)
         {
@@ -145,14 +148,15 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
     }
 
     /// <summary>
-    /// Publishes one event. The event is already in the grain's record, so a failed publication (the stream's queue or
-    /// rendezvous grain was on a lost silo) costs the consumer a replay, never the generation.
+    /// Publishes one event, waiting at most <see cref="PublishWait"/>. The event is already in the grain's record, so a
+    /// failed or stalled publication (the stream's queue grain was on a lost silo: the call would wait the whole response
+    /// timeout) costs the consumer a replay, never the generation its pace.
     /// </summary>
     private async Task Publish(IAsyncStream<GenerationEvent> stream, GenerationEvent e)
     {
         try
         {
-            await stream.OnNextAsync(e);
+            await stream.OnNextAsync(e).WaitAsync(PublishWait);
         }
         catch (Exception failure) when (failure is not OperationCanceledException)
         {

@@ -1,3 +1,4 @@
+using MoeGrains.Contracts;
 using System.Runtime.CompilerServices;
 using System.Threading.Channels;
 using Orleans.Runtime;
@@ -72,6 +73,12 @@ public static class GenerationStreams
     /// <summary>A consumer that has seen no event for this long asks the session grain for what it missed.</summary>
     public static readonly TimeSpan ReplayAfter = TimeSpan.FromSeconds(2);
 
+    /// <summary>How long a consumer waits for the session's answer to one replay question.</summary>
+    public static readonly TimeSpan ReplayWait = TimeSpan.FromSeconds(3);
+
+    /// <summary>Replay questions left unanswered in a row before the consumer gives up with a <see cref="TimeoutException"/>.</summary>
+    public const int ReplayAttempts = 3;
+
     public static StreamId Id(string sessionKey) => StreamId.Create(Namespace, sessionKey);
 
     /// <summary>
@@ -103,6 +110,7 @@ public static class GenerationStreams
             () => { events.Writer.TryComplete(); return Task.CompletedTask; }).ConfigureAwait(false);
         var grain = client.GetGrain<IDecoderSessionGrain>(key);
         var reachable = true;
+        var unanswered = 0;
         try
         {
             var accepted = await grain.Generate(prompt, options, router, cancellationToken).ConfigureAwait(false);
@@ -145,7 +153,25 @@ public static class GenerationStreams
                     GenerationEvent[] replayed;
                     try
                     {
-                        replayed = await grain.Replay(next).ConfigureAwait(false);
+                        // A session whose silo just died does not answer until the silo is declared dead (then its fresh
+                        // activation refuses with SessionLostException): ask again later rather than wait out the whole
+                        // response timeout, and give up after ReplayAttempts questions without an answer.
+                        replayed = await grain.Replay(next).WaitAsync(ReplayWait, cancellationToken).ConfigureAwait(false);
+                        unanswered = 0;
+                    }
+                    catch (TimeoutException)
+                    {
+                        // No answer in time: the session's silo may have died. Once membership says so, that is the
+                        // answer; otherwise ask again later, up to ReplayAttempts times.
+                        var left = await SiloLeftAsync(client, accepted.Silo).ConfigureAwait(false);
+                        if (left || ++unanswered >= ReplayAttempts)
+                        {
+                            reachable = false;
+                            throw left
+                                ? new SessionLostException($"Session '{key}' ran on silo {accepted.Silo}, which is no longer an active member of the cluster, after the consumer had seen {next} events; start a new session.")
+                                : new TimeoutException($"Session '{key}' did not answer {ReplayAttempts} replay questions of {ReplayWait.TotalSeconds} s each.");
+                        }
+                        replayed = [];
                     }
                     catch
                     {
@@ -181,6 +207,19 @@ public static class GenerationStreams
                     await grain.Close().ConfigureAwait(false);
                 }
             }
+        }
+    }
+    /// <summary>Whether <paramref name="silo"/> (a silo's runtime identity) is no longer an active member of the cluster.</summary>
+    private static async Task<bool> SiloLeftAsync(IClusterClient client, string silo)
+    {
+        try
+        {
+            var active = await client.GetGrain<IClusterInfoGrain>(0).Silos().WaitAsync(ReplayWait).ConfigureAwait(false);
+            return !active.Any(s => s.Silo == silo);
+        }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            return false; // membership unknown: keep asking the session
         }
     }
 }

@@ -16,70 +16,23 @@ namespace MoeGrains.Tests.Diffusion;
 public sealed class ImageSiloFixture : IAsyncLifetime
 {
     private readonly TempFolder _dir = TestPaths.Temp();
-    private readonly StringBuilder _log = new();
-    private Process? _process;
+    private SiloHostRunner? _host;
 
-    public HttpClient Http { get; } = new() { Timeout = TimeSpan.FromMinutes(3) };
+    public HttpClient Http => _host?.Http ?? throw new InvalidOperationException("The silo host is not started.");
 
     public DiffusionModelFolder Folder { get; private set; } = null!;
 
-    public string Log
-    {
-        get
-        {
-            lock (_log) return _log.ToString();
-        }
-    }
+    public string Log => _host?.Log ?? "";
 
     public async Task InitializeAsync()
     {
         Folder = DiffusionTestData.Untrained(_dir.File("digits"), 3);
-        var ports = LocalCluster.FreePorts(3);
-        var info = new ProcessStartInfo("dotnet")
-        {
-            UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = Path.GetDirectoryName(SiloHostProcess.SiloDll)!,
-        };
-        foreach (var a in new[]
-        {
-            SiloHostProcess.SiloDll, $"--urls=http://127.0.0.1:{ports[0]}", $"--Cluster:SiloPort={ports[1]}", $"--Cluster:GatewayPort={ports[2]}",
-            $"--Cluster:ClusterId=img-{Guid.NewGuid():N}", "--MoeGrains:Device=cpu", $"--MoeGrains:PluginFolder={TestPaths.Plugins}",
-            $"--MoeGrains:Diffusion:Models:digits={Folder.Path}", "--Logging:LogLevel:Default=Warning",
-        })
-        {
-            info.ArgumentList.Add(a);
-        }
-        _process = Process.Start(info) ?? throw new InvalidOperationException("could not start the silo host");
-        _process.OutputDataReceived += (_, e) => { lock (_log) _log.AppendLine(e.Data); };
-        _process.ErrorDataReceived += (_, e) => { lock (_log) _log.AppendLine(e.Data); };
-        _process.BeginOutputReadLine();
-        _process.BeginErrorReadLine();
-        Http.BaseAddress = new Uri($"http://127.0.0.1:{ports[0]}");
-        var deadline = DateTime.UtcNow.AddSeconds(120);
-        while (true)
-        {
-            if (_process.HasExited) throw new InvalidOperationException($"The silo host exited with {_process.ExitCode}:\n{Log}");
-            try
-            {
-                using var ready = await Http.GetAsync("/health/ready");
-                if (ready.IsSuccessStatusCode) return;
-            }
-            catch (HttpRequestException)
-            {
-            }
-            if (DateTime.UtcNow > deadline) throw new TimeoutException($"The silo host was not ready within 120 s:\n{Log}");
-            await Task.Delay(250);
-        }
+        _host = await SiloHostRunner.StartAsync([$"--MoeGrains:Diffusion:Models:digits={Folder.Path}"], "/health/ready", TimeSpan.FromSeconds(120), TimeSpan.FromMinutes(3));
     }
 
     public Task DisposeAsync()
     {
-        if (_process is { HasExited: false })
-        {
-            _process.Kill(entireProcessTree: true);
-            _process.WaitForExit(5000);
-        }
-        _process?.Dispose();
-        Http.Dispose();
+        _host?.Dispose();
         _dir.Dispose();
         return Task.CompletedTask;
     }

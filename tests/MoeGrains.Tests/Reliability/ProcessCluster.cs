@@ -114,6 +114,42 @@ public sealed class ProcessCluster : IAsyncDisposable
         return process;
     }
 
+    /// <summary>Whether a process of this id still runs (to check that nothing was left behind).</summary>
+    public static bool IsAlive(int pid)
+    {
+        try
+        {
+            using var p = Process.GetProcessById(pid);
+            return !p.HasExited;
+        }
+        catch (ArgumentException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// Polls <paramref name="condition"/> every 200 ms until it holds; exceptions <paramref name="tolerated"/> says are
+    /// expected while the cluster settles count as "not yet". A <see cref="TimeoutException"/> naming <paramref name="what"/>
+    /// after <paramref name="timeout"/>.
+    /// </summary>
+    public static async Task WaitFor(Func<Task<bool>> condition, TimeSpan timeout, string what, Func<Exception, bool> tolerated)
+    {
+        var sw = Stopwatch.StartNew();
+        while (sw.Elapsed < timeout)
+        {
+            try
+            {
+                if (await condition()) return;
+            }
+            catch (Exception e) when (tolerated(e))
+            {
+            }
+            await Task.Delay(200);
+        }
+        throw new TimeoutException($"waited {timeout.TotalSeconds} s for {what}");
+    }
+
     /// <summary>SIGKILL: no shutdown, no goodbye to the cluster.</summary>
     public static void Kill(Process process) => process.Kill(entireProcessTree: true);
 

@@ -133,37 +133,10 @@ public sealed class SiloKillTests(ITestOutputHelper output)
         }
         foreach (var pid in pids)
         {
-            Assert.False(IsAlive(pid), $"process {pid} was left behind");
+            Assert.False(ProcessCluster.IsAlive(pid), $"process {pid} was left behind");
         }
     }
 
-    private static bool IsAlive(int pid)
-    {
-        try
-        {
-            using var p = Process.GetProcessById(pid);
-            return !p.HasExited;
-        }
-        catch (ArgumentException)
-        {
-            return false;
-        }
-    }
-
-    private static async Task WaitFor(Func<Task<bool>> condition, TimeSpan timeout, string what)
-    {
-        var sw = Stopwatch.StartNew();
-        while (sw.Elapsed < timeout)
-        {
-            try
-            {
-                if (await condition()) return;
-            }
-            catch (Exception e) when (Expected.Contains(e.GetType()))
-            {
-            }
-            await Task.Delay(200);
-        }
-        throw new TimeoutException($"waited {timeout.TotalSeconds} s for {what}");
-    }
+    private static Task WaitFor(Func<Task<bool>> condition, TimeSpan timeout, string what) =>
+        ProcessCluster.WaitFor(condition, timeout, what, e => Expected.Contains(e.GetType()));
 }

@@ -7,6 +7,7 @@ using MoeGrains.Hosting;
 using MoeGrains.Retrieval;
 using MoeGrains.Tests.Infrastructure;
 using MoeGrains.Tests.Reliability;
+using MoeGrains.Tests.Serving;
 
 namespace MoeGrains.Tests.Retrieval;
 
@@ -14,78 +15,29 @@ namespace MoeGrains.Tests.Retrieval;
 public sealed class SiloHostFixture : IAsyncLifetime
 {
     private readonly TempFolder _dir = TestPaths.Temp();
-    private Process? _process;
-    private readonly StringBuilder _log = new();
+    private SiloHostRunner? _host;
 
-    public HttpClient Http { get; } = new() { Timeout = TimeSpan.FromMinutes(5) };
+    public HttpClient Http => _host?.Http ?? throw new InvalidOperationException("The silo host is not started.");
 
     public RetrievalCollection Collection { get; private set; } = null!;
 
-    public string Log
-    {
-        get
-        {
-            lock (_log) return _log.ToString();
-        }
-    }
+    public string Log => _host?.Log ?? "";
 
     public async Task InitializeAsync()
     {
         var folder = _dir.File("mini");
         Collection = MiniCollection.Write(folder);
-        var configuration = new DirectoryInfo(AppContext.BaseDirectory).Parent!.Name;
-        var bin = Path.Combine(ProcessCluster.RepoRoot, "hosts", "MoeGrains.Silo", "bin", configuration, "net10.0");
-        var ports = LocalCluster.FreePorts(3);
-        var info = new ProcessStartInfo("dotnet") { UseShellExecute = false, RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = bin };
-        foreach (var a in new[]
-        {
-            Path.Combine(bin, "MoeGrains.Silo.dll"), "--urls", $"http://127.0.0.1:{ports[0]}", "--Cluster:SiloPort", $"{ports[1]}", "--Cluster:GatewayPort", $"{ports[2]}",
-            "--Cluster:ClusterId", "http-" + Guid.NewGuid().ToString("N")[..8], "--MoeGrains:Device", "cpu", "--MoeGrains:PluginFolder", TestPaths.Plugins,
-            "--MoeGrains:Retrieval:Collections:mini", folder, "--MoeGrains:Retrieval:Experts", "bm25,minilm", "--MoeGrains:Retrieval:Threads", "1",
-            "--MoeGrains:Retrieval:MaxWords", "48", "--MoeGrains:Retrieval:MaxTexts", "8", "--MoeGrains:Retrieval:MaxTextChars", "2000",
-            "--MoeGrains:Retrieval:MaxK", "100", "--MoeGrains:Retrieval:Shards", "2",
-        })
-        {
-            info.ArgumentList.Add(a);
-        }
-        _process = Process.Start(info) ?? throw new InvalidOperationException("could not start the silo host");
-        _process.OutputDataReceived += (_, e) => { lock (_log) _log.AppendLine(e.Data); };
-        _process.ErrorDataReceived += (_, e) => { lock (_log) _log.AppendLine(e.Data); };
-        _process.BeginOutputReadLine();
-        _process.BeginErrorReadLine();
-        Http.BaseAddress = new Uri($"http://127.0.0.1:{ports[0]}");
-        var deadline = DateTime.UtcNow.AddSeconds(90);
-        while (true)
-        {
-            if (_process.HasExited)
-            {
-                throw new InvalidOperationException($"The silo host exited with {_process.ExitCode}:\n{Log}");
-            }
-            try
-            {
-                using var live = await Http.GetAsync("/health/live");
-                if (live.IsSuccessStatusCode) return;
-            }
-            catch (HttpRequestException)
-            {
-            }
-            if (DateTime.UtcNow > deadline)
-            {
-                throw new TimeoutException($"The silo host did not answer /health/live within 90 s:\n{Log}");
-            }
-            await Task.Delay(250);
-        }
+        _host = await SiloHostRunner.StartAsync(
+        [
+            $"--MoeGrains:Retrieval:Collections:mini={folder}", "--MoeGrains:Retrieval:Experts=bm25,minilm", "--MoeGrains:Retrieval:Threads=1",
+            "--MoeGrains:Retrieval:MaxWords=48", "--MoeGrains:Retrieval:MaxTexts=8", "--MoeGrains:Retrieval:MaxTextChars=2000",
+            "--MoeGrains:Retrieval:MaxK=100", "--MoeGrains:Retrieval:Shards=2",
+        ], "/health/live", TimeSpan.FromSeconds(90), TimeSpan.FromMinutes(5));
     }
 
     public Task DisposeAsync()
     {
-        if (_process is { HasExited: false })
-        {
-            _process.Kill(entireProcessTree: true);
-            _process.WaitForExit(5000);
-        }
-        _process?.Dispose();
-        Http.Dispose();
+        _host?.Dispose();
         _dir.Dispose();
         return Task.CompletedTask;
     }
