@@ -92,40 +92,21 @@ internal static class PlacementBenchCommand
     private static async Task<Report> Run(string checkpoint, string? dataPath, int[] siloCounts, int traceSessions, int sessions, int promptTokens, int tokens,
         double samplingRate, double timeLimit, int threads, bool progress, CancellationToken ct)
     {
-        var path = Path.GetFullPath(LanguageModelCheckpoint.WeightsPath(checkpoint));
-        if (!File.Exists(path))
-        {
-            throw new ArgumentException($"No checkpoint at {path}: train one with `moe train --minutes 2 --out checkpoints/shakespeare`.");
-        }
         if (!(samplingRate is > 0 and <= 1)) throw new ArgumentException("--sampling-rate must be in (0, 1].");
-        dataPath ??= CliPaths.Data is { } d ? Path.Combine(d, "text", "tinyshakespeare.txt") : throw new ArgumentException("No text: pass --data or set MOEGRAINS_DATA.");
-        set_num_threads(Math.Max(1, threads));
-        var metadata = SafeTensorsFile.Open(path).Metadata;
-        var tokenizer = TextTokenizers.FromMetadata(metadata);
-        var text = await File.ReadAllTextAsync(dataPath, ct);
-        var heldOut = tokenizer.Encode(text[(int)(text.Length * 0.9)..]).Select(t => (long)t).ToArray();
-        var training = tokenizer.Encode(text[..Math.Min(text.Length, 200_000)]).Select(t => (long)t).ToArray();
-        long[] Window(long[] source, int i) => source.Skip(i * 997 % Math.Max(1, source.Length - promptTokens)).Take(promptTokens).ToArray();
-        var tracePrompts = Enumerable.Range(0, traceSessions).Select(i => Window(training, i + 1)).ToArray();
-        var evalPrompts = Enumerable.Range(0, sessions).Select(i => Window(heldOut, i + 1)).ToArray();
+        var data = await LanguageModelBench.LoadAsync(checkpoint, dataPath, threads, ct);
+        var (path, metadata) = (data.WeightsPath, data.Metadata);
+        var training = data.Tokenizer.Encode(data.Text[..Math.Min(data.Text.Length, 200_000)]).Select(t => (long)t).ToArray();
+        var tracePrompts = Enumerable.Range(0, traceSessions).Select(i => LanguageModelBench.Window(training, i + 1, promptTokens)).ToArray();
+        var evalPrompts = Enumerable.Range(0, sessions).Select(i => LanguageModelBench.Window(data.HeldOut, i + 1, promptTokens)).ToArray();
 
         var reports = new List<SiloReport>();
         foreach (var count in siloCounts)
         {
             Log(progress, $"{count} silos: starting the cluster...");
-            await using var cluster = await LocalCluster.StartAsync(count, (_, silo) => silo
-                .AddMoeGrains(o =>
-                {
-                    o.Device = "cpu";
-                    o.PluginFolder = CliPaths.Plugins;
-                    o.Models["lm"] = path;
-                    o.ExpertTimeoutMs = 120_000;
-                })
-                .AddRoutingTraces(o => o.SamplingRate = samplingRate), cancellationToken: ct);
+            await using var cluster = await LanguageModelBench.StartTracedClusterAsync(count, path, samplingRate, ct);
             var grains = cluster.GrainFactory;
             var info = grains.GetGrain<IClusterInfoGrain>(0);
-            for (var wait = 0; (await info.Silos()).Length < count && wait < 600; wait++) await Task.Delay(100, ct);
-            var spec = (await info.Model("lm"));
+            var spec = await info.Model("lm");
 
             // 1. Traces from the running layers (default placement), exported through the routes stream.
             Log(progress, $"{count} silos: recording routes of {traceSessions} sessions...");

@@ -69,37 +69,18 @@ internal static class ReplicationBenchCommand
     private static async Task<Report> Run(string checkpoint, string? dataPath, int[] siloCounts, int sessions, int promptTokens, int tokens, int slotOption,
         int threads, CancellationToken ct)
     {
-        var path = Path.GetFullPath(LanguageModelCheckpoint.WeightsPath(checkpoint));
-        if (!File.Exists(path))
-        {
-            throw new ArgumentException($"No checkpoint at {path}: train one with `moe train --minutes 2 --out checkpoints/shakespeare`.");
-        }
         if (siloCounts.Any(s => s < 2)) throw new ArgumentException("--silos: replication needs at least 2 silos.");
-        dataPath ??= CliPaths.Data is { } d ? Path.Combine(d, "text", "tinyshakespeare.txt") : throw new ArgumentException("No text: pass --data or set MOEGRAINS_DATA.");
-        set_num_threads(Math.Max(1, threads));
-        var metadata = SafeTensorsFile.Open(path).Metadata;
-        var tokenizer = TextTokenizers.FromMetadata(metadata);
-        var text = await File.ReadAllTextAsync(dataPath, ct);
-        var heldOut = tokenizer.Encode(text[(int)(text.Length * 0.9)..]).Select(t => (long)t).ToArray();
-        var prompts = Enumerable.Range(1, sessions).Select(i => heldOut.Skip(i * 997 % Math.Max(1, heldOut.Length - promptTokens)).Take(promptTokens).ToArray()).ToArray();
+        var data = await LanguageModelBench.LoadAsync(checkpoint, dataPath, threads, ct);
+        var (path, metadata) = (data.WeightsPath, data.Metadata);
+        var prompts = Enumerable.Range(1, sessions).Select(i => LanguageModelBench.Window(data.HeldOut, i, promptTokens)).ToArray();
 
         var reports = new List<ClusterReport>();
         foreach (var count in siloCounts)
         {
             Console.Error.WriteLine($"{count} silos: starting the cluster...");
-            await using var cluster = await LocalCluster.StartAsync(count, (_, silo) => silo
-                .AddMoeGrains(o =>
-                {
-                    o.Device = "cpu";
-                    o.PluginFolder = CliPaths.Plugins;
-                    o.Models["lm"] = path;
-                    o.ExpertTimeoutMs = 120_000;
-                })
-                .AddRoutingTraces(o => o.SamplingRate = 1), cancellationToken: ct);
+            await using var cluster = await LanguageModelBench.StartTracedClusterAsync(count, path, 1, ct);
             var grains = cluster.GrainFactory;
-            var info = grains.GetGrain<IClusterInfoGrain>(0);
-            for (var wait = 0; (await info.Silos()).Length < count && wait < 600; wait++) await Task.Delay(100, ct);
-            var spec = await info.Model("lm");
+            var spec = await grains.GetGrain<IClusterInfoGrain>(0).Model("lm");
             var layers = Enumerable.Range(0, spec.Layers).ToArray();
             var slots = slotOption > 0 ? slotOption : ReplicaPlacement.DefaultSlots(spec.Experts, count);
 
