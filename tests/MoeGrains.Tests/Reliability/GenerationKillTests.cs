@@ -20,6 +20,7 @@ namespace MoeGrains.Tests.Reliability;
 /// again exactly what it was before the kill (the experts reactivated elsewhere with identical weights); no process is
 /// left behind.
 /// </summary>
+[Collection(TimedProcessCollection.Name)]
 public sealed class GenerationKillTests(ITestOutputHelper output)
 {
     private const int ResponseTimeoutMs = 10_000;

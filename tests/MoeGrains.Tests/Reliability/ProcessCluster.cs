@@ -176,3 +176,14 @@ public sealed class ProcessCluster : IAsyncDisposable
 
     public IEnumerable<int> ProcessIds => _processes.Select(p => { try { return p.Id; } catch (InvalidOperationException) { return -1; } });
 }
+
+/// <summary>
+/// Tests whose pass criteria are times (a kill declared within seconds, a refusal within 5 s) and that start silo
+/// processes: they run one at a time, after the parallel tests, so that neither their processes nor other tests' work
+/// stretch each other's timings on a small machine.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class TimedProcessCollection
+{
+    public const string Name = "timed processes";
+}

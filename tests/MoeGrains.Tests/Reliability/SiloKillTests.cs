@@ -13,6 +13,7 @@ namespace MoeGrains.Tests.Reliability;
 /// while requests flow. Every request resolves within ResponseTimeout + 2 s with a result or an expected typed error,
 /// the dead silo is declared, its experts reactivate elsewhere with identical outputs, and no process is left behind.
 /// </summary>
+[Collection(TimedProcessCollection.Name)]
 public sealed class SiloKillTests(ITestOutputHelper output)
 {
     private const int ResponseTimeoutMs = 10_000;

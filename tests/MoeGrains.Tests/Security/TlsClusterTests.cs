@@ -12,6 +12,7 @@ using MoeGrains.Tests.Infrastructure;
 namespace MoeGrains.Tests.Security;
 
 /// <summary>RELIABILITY.md, TLS row: a TLS-only silo refuses plaintext and badly certified clients quickly; a good client works.</summary>
+[Collection(MoeGrains.Tests.Reliability.TimedProcessCollection.Name)]
 public sealed class TlsClusterTests : IAsyncLifetime
 {
     private const string ServerName = "moegrains-silo";
