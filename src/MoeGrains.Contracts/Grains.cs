@@ -43,6 +43,10 @@ public interface IClusterInfoGrain : IGrainWithIntegerKey
     [Alias("silos")]
     Task<SiloDeviceInfo[]> Silos();
 
+    /// <summary>The active silos as the answering silo's own membership view has them (no remote call: it answers even while a silo is dying).</summary>
+    [Alias("local-view")]
+    Task<string[]> ActiveSilosLocalView();
+
     [Alias("model")]
     Task<ModelInfo> Model(string model);
 }

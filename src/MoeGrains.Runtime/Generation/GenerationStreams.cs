@@ -214,8 +214,8 @@ public static class GenerationStreams
     {
         try
         {
-            var active = await client.GetGrain<IClusterInfoGrain>(0).Silos().WaitAsync(ReplayWait).ConfigureAwait(false);
-            return !active.Any(s => s.Silo == silo);
+            var active = await client.GetGrain<IClusterInfoGrain>(0).ActiveSilosLocalView().WaitAsync(ReplayWait).ConfigureAwait(false);
+            return !active.Contains(silo);
         }
         catch (Exception e) when (e is not OperationCanceledException)
         {

@@ -52,10 +52,17 @@ public sealed class RoutingTraceStreamTests
 
         // The stream delivers the same routes to the collector grain; both export forms agree.
         var collector = cluster.GrainFactory.GetGrain<IRoutingTraceGrain>("lm");
-        for (var wait = 0; await collector.Count() < local.Count && wait < 200; wait++) await Task.Delay(50);
+        // A token's layers arrive as separate events: wait for every route to be complete, not only for every token.
+        var expectedSlots = local.Sum(r => r.Layers.Sum(l => l.Experts.Length));
         var export = await collector.Export();
-        Assert.Equal(local.Count, export.Tokens);
         var routes = TokenRouteFile.Read(new StringReader(export.RoutesCsv), "routes.csv");
+        for (var wait = 0; (routes.Count < local.Count || routes.Sum(r => r.Layers.Sum(l => l.Experts.Length)) < expectedSlots) && wait < 200; wait++)
+        {
+            await Task.Delay(50);
+            export = await collector.Export();
+            routes = TokenRouteFile.Read(new StringReader(export.RoutesCsv), "routes.csv");
+        }
+        Assert.Equal(local.Count, export.Tokens);
         Assert.Equal(local.Select(r => r.Token), routes.Select(r => r.Token));
         Assert.Equal(local.SelectMany(r => r.Layers.SelectMany(l => l.Experts)), routes.SelectMany(r => r.Layers.SelectMany(l => l.Experts)));
         var counts = CrossLayerCountsFile.Read(new StringReader(export.CountsCsv), "counts.csv", experts: 4);
