@@ -41,11 +41,7 @@ internal static class RetrievalCommands
         command.SetAction((parse, ct) =>
         {
             var quiet = parse.GetValue(json);
-            void Log(string message)
-            {
-                if (quiet) Console.Error.WriteLine(message);
-                else AnsiConsole.MarkupLine($"[grey]{Markup.Escape(message)}[/]");
-            }
+            var Log = CliLog.Progress(quiet);
             List<RetrievalCollection> loaded;
             try
             {

@@ -35,11 +35,7 @@ internal static class RetrieveCommand
         command.SetAction((parse, ct) =>
         {
             var quiet = parse.GetValue(json);
-            void Log(string message)
-            {
-                if (quiet) Console.Error.WriteLine(message);
-                else AnsiConsole.MarkupLine($"[grey]{Markup.Escape(message)}[/]");
-            }
+            var Log = CliLog.Progress(quiet);
             var names = parse.GetValue(experts)!.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
             var created = new Dictionary<string, IRetrieverExpert>(StringComparer.Ordinal);
             var extra = new List<IRetrieverExpert>();
