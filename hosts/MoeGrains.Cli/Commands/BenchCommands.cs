@@ -41,17 +41,23 @@ internal static class BenchCommands
             }
             var report = await RunDispatch(spec, parse.GetValue(tokens)!, parse.GetValue(silos)!, Math.Max(1, parse.GetValue(repeats)),
                 TensorDTypes.Parse(parse.GetValue(wire)!), !parse.GetValue(json), ct);
-            if (parse.GetValue(json))
-            {
-                Console.WriteLine(JsonSerializer.Serialize(report, JsonOptions));
-            }
-            else
-            {
-                Print(report);
-            }
-            return 0;
+            return Output(report, parse.GetValue(json), Print);
         });
         return command;
+    }
+
+    /// <summary>Writes <paramref name="report"/> as one JSON object on stdout (<c>--json</c>) or as tables; returns exit code 0.</summary>
+    internal static int Output<T>(T report, bool json, Action<T> print)
+    {
+        if (json)
+        {
+            Console.WriteLine(JsonSerializer.Serialize(report, JsonOptions));
+        }
+        else
+        {
+            print(report);
+        }
+        return 0;
     }
 
     internal static readonly JsonSerializerOptions JsonOptions = new()

@@ -1,3 +1,4 @@
+using System.CommandLine;
 using MoeGrains.Checkpoints;
 using MoeGrains.Contracts;
 using MoeGrains.Generation;
@@ -18,6 +19,17 @@ internal sealed record LanguageModelBenchData(string WeightsPath, IReadOnlyDicti
 /// <summary>What <c>moe bench placement</c> and <c>moe bench replication</c> share: the checkpoint, the text, the cluster.</summary>
 internal static class LanguageModelBench
 {
+    /// <summary><c>--checkpoint</c>: the reference model's folder by default.</summary>
+    public static Option<string> CheckpointOption() =>
+        new("--checkpoint") { Description = "Checkpoint folder or model.safetensors", DefaultValueFactory = _ => CliPaths.ReferenceModel };
+
+    /// <summary><c>--data</c>: the text whose last 10% gives the prompts.</summary>
+    public static Option<string?> DataOption() => new("--data") { Description = "Text whose last 10% is held out (default: tinyshakespeare)" };
+
+    /// <summary>The failures that are the user's to fix (a bad checkpoint, option or plan): printed as <c>error:</c>, exit code 2.</summary>
+    public static bool IsUserError(Exception e) =>
+        e is CheckpointException or ArgumentException or InvalidDataException or UnknownExpertException or GenerationRequestException or PlacementInfeasibleException;
+
     /// <summary>Checks and opens the checkpoint folder and reads the text (default: tinyshakespeare from the shared data).</summary>
     public static async Task<LanguageModelBenchData> LoadAsync(string checkpoint, string? dataPath, int threads, CancellationToken ct)
     {

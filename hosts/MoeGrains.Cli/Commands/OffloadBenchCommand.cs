@@ -28,7 +28,7 @@ internal static class OffloadBenchCommand
 
     internal sealed record OffloadRun(
         string Workload, double BudgetFraction, string Policy, double HitRatio, double LoadsPerToken, double DemandLoadsPerToken,
-        double BytesPerToken, long PeakDeviceBytes, double MemorySaved, long PeakDeviceExpertBytes, long PeakCacheBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
+        double BytesPerToken, long PeakDeviceBytes, double MemorySaved, double ExpertMemorySaved, long PeakDeviceExpertBytes, long PeakCacheBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
         double StallMsPerToken, double? PredictionRecall, double? PredictionPrecision, double DistinctExpertsPerBatchLayer,
         long Tokens, bool? IdenticalToResident);
 
@@ -86,15 +86,7 @@ internal static class OffloadBenchCommand
                     runs.AddRange(mixRuns);
                 }
                 var report = new OffloadReport("offload", modelInfo, mixInfo, allBytes, nonExpert, greedy, quant, [.. runs]);
-                if (parse.GetValue(json))
-                {
-                    Console.WriteLine(JsonSerializer.Serialize(report, BenchCommands.JsonOptions));
-                }
-                else
-                {
-                    Print(report);
-                }
-                return 0;
+                return BenchCommands.Output(report, parse.GetValue(json), Print);
             }
             catch (Exception e) when (e is CheckpointException or RoutingTraceFormatException or FileNotFoundException or ArgumentException)
             {
@@ -352,7 +344,7 @@ internal static class OffloadBenchCommand
         return new OffloadRun(workload, fraction, policy, Math.Round(s.HitRatio, 4), Math.Round((double)s.Loads / r.Tokens, 4),
             Math.Round((double)s.DemandLoads / r.Tokens, 4), Math.Round((double)s.BytesRead / r.Tokens, 1),
             r.NonExpertBytes + r.PeakDeviceExpertBytes, Math.Round(1 - (double)(r.NonExpertBytes + r.PeakDeviceExpertBytes) / (r.NonExpertBytes + r.AllExpertBytes), 4),
-            r.PeakDeviceExpertBytes, s.PeakResidentBytes, s.PeakResidentExperts,
+            Math.Round(1 - (double)r.PeakDeviceExpertBytes / r.AllExpertBytes, 4), r.PeakDeviceExpertBytes, s.PeakResidentBytes, s.PeakResidentExperts,
             Math.Round(r.TokensPerS, 1), Math.Round(residentTokensPerS / Math.Max(r.TokensPerS, 1e-9), 3), Math.Round(s.StallMs / r.Tokens, 3),
             predictive ? Math.Round(r.Prediction.Recall, 4) : null, predictive ? Math.Round(r.Prediction.Precision, 4) : null,
             Math.Round(r.Distinct, 3), r.Tokens,
@@ -502,14 +494,14 @@ internal static class OffloadBenchCommand
         foreach (var workload in report.Runs.Select(r => r.Workload).Distinct())
         {
             var table = new Table().Title($"[bold]{workload}[/]");
-            foreach (var c in new[] { "budget", "policy", "hit ratio", "loads/token", "demand loads/token", "bytes/token", "peak device bytes", "memory saved", "peak experts", "tokens/s", "slowdown", "stall ms/token", "recall", "distinct/batch-layer", "same output" })
+            foreach (var c in new[] { "budget", "policy", "hit ratio", "loads/token", "demand loads/token", "bytes/token", "peak device bytes", "memory saved (all weights)", "expert memory saved", "peak experts", "tokens/s", "slowdown", "stall ms/token", "recall", "distinct/batch-layer", "same output" })
             {
                 table.AddColumn(c);
             }
             foreach (var r in report.Runs.Where(r => r.Workload == workload))
             {
                 table.AddRow($"{r.BudgetFraction:P0}", r.Policy, $"{r.HitRatio:F3}", $"{r.LoadsPerToken:F3}", $"{r.DemandLoadsPerToken:F3}", $"{r.BytesPerToken:N0}",
-                    $"{r.PeakDeviceBytes:N0}", $"{r.MemorySaved:P1}", $"{r.PeakResidentExperts}", $"{r.TokensPerS:F1}", $"{r.SlowdownVsResident:F2}x", $"{r.StallMsPerToken:F2}",
+                    $"{r.PeakDeviceBytes:N0}", $"{r.MemorySaved:P1}", $"{r.ExpertMemorySaved:P1}", $"{r.PeakResidentExperts}", $"{r.TokensPerS:F1}", $"{r.SlowdownVsResident:F2}x", $"{r.StallMsPerToken:F2}",
                     r.PredictionRecall is { } rc ? $"{rc:F3}" : "-", $"{r.DistinctExpertsPerBatchLayer:F2}", r.IdenticalToResident is { } i ? (i ? "yes" : "no") : "-");
             }
             AnsiConsole.Write(table);

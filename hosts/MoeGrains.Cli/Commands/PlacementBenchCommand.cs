@@ -48,8 +48,7 @@ internal static class PlacementBenchCommand
 
     private static Command Create()
     {
-        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder or model.safetensors", DefaultValueFactory = _ => CliPaths.ReferenceModel };
-        var data = new Option<string?>("--data") { Description = "Text whose last 10% is held out (default: tinyshakespeare)" };
+        var (checkpoint, data) = (LanguageModelBench.CheckpointOption(), LanguageModelBench.DataOption());
         var silos = new Option<int[]>("--silos") { Description = "Cluster sizes", DefaultValueFactory = _ => [2, 3], AllowMultipleArgumentsPerToken = true };
         var traceSessions = new Option<int>("--trace-sessions") { Description = "Sessions run to record the traces the plan is solved from", DefaultValueFactory = _ => 6 };
         var sessions = new Option<int>("--sessions") { Description = "Held-out sessions measured per configuration", DefaultValueFactory = _ => 3 };
@@ -70,17 +69,9 @@ internal static class PlacementBenchCommand
                 var report = await Run(parse.GetValue(checkpoint)!, parse.GetValue(data), parse.GetValue(silos)!, Math.Max(1, parse.GetValue(traceSessions)),
                     Math.Max(1, parse.GetValue(sessions)), Math.Max(2, parse.GetValue(promptTokens)), Math.Max(1, parse.GetValue(tokens)), parse.GetValue(rate),
                     parse.GetValue(timeLimit), parse.GetValue(threads), true, ct); // progress on stderr
-                if (parse.GetValue(json))
-                {
-                    Console.WriteLine(JsonSerializer.Serialize(report, BenchCommands.JsonOptions));
-                }
-                else
-                {
-                    Print(report);
-                }
-                return 0;
+                return BenchCommands.Output(report, parse.GetValue(json), Print);
             }
-            catch (Exception e) when (e is CheckpointException or ArgumentException or InvalidDataException or UnknownExpertException or GenerationRequestException or PlacementInfeasibleException)
+            catch (Exception e) when (LanguageModelBench.IsUserError(e))
             {
                 Console.Error.WriteLine($"error: {e.Message}");
                 return 2;

@@ -34,8 +34,7 @@ internal static class ReplicationBenchCommand
 
     private static Command Create()
     {
-        var checkpoint = new Option<string>("--checkpoint") { Description = "Checkpoint folder or model.safetensors", DefaultValueFactory = _ => CliPaths.ReferenceModel };
-        var data = new Option<string?>("--data") { Description = "Text whose last 10% is held out (default: tinyshakespeare)" };
+        var (checkpoint, data) = (LanguageModelBench.CheckpointOption(), LanguageModelBench.DataOption());
         var silos = new Option<int[]>("--silos") { Description = "Cluster sizes", DefaultValueFactory = _ => [2], AllowMultipleArgumentsPerToken = true };
         var sessions = new Option<int>("--sessions") { Description = "Concurrent sessions per phase", DefaultValueFactory = _ => 6 };
         var promptTokens = new Option<int>("--prompt") { Description = "Prompt tokens per session", DefaultValueFactory = _ => 32 };
@@ -53,11 +52,9 @@ internal static class ReplicationBenchCommand
             {
                 var report = await Run(parse.GetValue(checkpoint)!, parse.GetValue(data), parse.GetValue(silos)!, Math.Max(1, parse.GetValue(sessions)),
                     Math.Max(2, parse.GetValue(promptTokens)), Math.Max(1, parse.GetValue(tokens)), parse.GetValue(slots), parse.GetValue(threads), ct);
-                if (parse.GetValue(json)) Console.WriteLine(JsonSerializer.Serialize(report, BenchCommands.JsonOptions));
-                else Print(report);
-                return 0;
+                return BenchCommands.Output(report, parse.GetValue(json), Print);
             }
-            catch (Exception e) when (e is CheckpointException or ArgumentException or InvalidDataException or UnknownExpertException or GenerationRequestException or PlacementInfeasibleException)
+            catch (Exception e) when (LanguageModelBench.IsUserError(e))
             {
                 Console.Error.WriteLine($"error: {e.Message}");
                 return 2;

@@ -18,12 +18,20 @@ public sealed class LayerRequestCoalescer
     /// <summary>A layer pass: the grain's own forward for one request (validation included).</summary>
     public delegate Task<MoeLayerResult> LayerPass(MoeLayerRequest request, CancellationToken cancellationToken);
 
-    private sealed class Queue
+    private sealed class Queue(string key)
     {
+        public readonly string Key = key;
         public readonly object Gate = new();
         public bool Busy;
+
+        /// <summary>Idle and taken out of the dictionary: a caller that still holds it fetches a new one.</summary>
+        public bool Retired;
+
         public readonly List<Waiting> Waiting = [];
     }
+
+    /// <summary>Merge keys with a pass in flight or requests waiting (an idle key's queue is removed).</summary>
+    public int ActiveKeys => _queues.Count;
 
     private sealed record Waiting(MoeLayerRequest Request, CancellationToken CancellationToken)
     {
@@ -39,18 +47,27 @@ public sealed class LayerRequestCoalescer
         {
             return await pass(request, cancellationToken).ConfigureAwait(true);
         }
-        var queue = _queues.GetOrAdd(key, _ => new Queue());
+        Queue queue;
         Waiting? mine = null;
-        lock (queue.Gate)
+        while (true)
         {
-            if (queue.Busy)
+            queue = _queues.GetOrAdd(key, k => new Queue(k));
+            lock (queue.Gate)
             {
-                mine = new Waiting(request, cancellationToken);
-                queue.Waiting.Add(mine);
-            }
-            else
-            {
-                queue.Busy = true;
+                if (queue.Retired)
+                {
+                    continue;
+                }
+                if (queue.Busy)
+                {
+                    mine = new Waiting(request, cancellationToken);
+                    queue.Waiting.Add(mine);
+                }
+                else
+                {
+                    queue.Busy = true;
+                }
+                break;
             }
         }
         if (mine is not null)
@@ -68,7 +85,7 @@ public sealed class LayerRequestCoalescer
         }
     }
 
-    private static async Task ServeWaitingAsync(Queue queue, LayerPass pass, int maxTokens, IComputeLane lane)
+    private async Task ServeWaitingAsync(Queue queue, LayerPass pass, int maxTokens, IComputeLane lane)
     {
         while (true)
         {
@@ -93,7 +110,10 @@ public sealed class LayerRequestCoalescer
                 queue.Waiting.RemoveRange(0, taken);
                 if (taken == 0)
                 {
+                    // Idle: the key's queue goes (keys carry deadlines and masked experts, so a silo meets many over time).
                     queue.Busy = false;
+                    queue.Retired = true;
+                    _queues.TryRemove(new KeyValuePair<string, Queue>(queue.Key, queue));
                     return;
                 }
             }

@@ -109,84 +109,17 @@ public static class GenerationStreams
             e => { events.Writer.TryComplete(new InvalidOperationException("The generation stream failed.", e)); return Task.CompletedTask; },
             () => { events.Writer.TryComplete(); return Task.CompletedTask; }).ConfigureAwait(false);
         var grain = client.GetGrain<IDecoderSessionGrain>(key);
-        var reachable = true;
-        var unanswered = 0;
+        InOrderEvents? consumer = null;
         try
         {
             var accepted = await grain.Generate(prompt, options, router, cancellationToken).ConfigureAwait(false);
             started?.Invoke(accepted);
-            // Events are yielded strictly in sequence order. The stream delivers them in order; one it lost shows up as a
-            // gap (or, for the end marker, as silence), and the grain's own record fills it.
-            long next = 0;
-            var pending = new SortedDictionary<long, GenerationEvent>();
-            var streamOpen = true;
+            consumer = new InOrderEvents(client, grain, key, accepted.Silo, events.Reader);
             while (true)
             {
-                GenerationEvent? received = null;
-                if (streamOpen)
-                {
-                    using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-                    idle.CancelAfter(ReplayAfter);
-                    try
-                    {
-                        received = await events.Reader.ReadAsync(idle.Token).ConfigureAwait(false);
-                    }
-                    catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
-                    {
-                        // No event for a while: ask the grain.
-                    }
-                    catch (ChannelClosedException)
-                    {
-                        streamOpen = false; // the subscription failed or ended: the grain's record from now on
-                    }
-                }
-                else
-                {
-                    await Task.Delay(ReplayAfter, cancellationToken).ConfigureAwait(false);
-                }
-                if (received is not null && received.Sequence >= next)
-                {
-                    pending.TryAdd(received.Sequence, received);
-                }
-                if (received is null || (pending.Count > 0 && pending.Keys.First() > next))
-                {
-                    GenerationEvent[] replayed;
-                    try
-                    {
-                        // A session whose silo just died does not answer until the silo is declared dead (then its fresh
-                        // activation refuses with SessionLostException): ask again later rather than wait out the whole
-                        // response timeout, and give up after ReplayAttempts questions without an answer.
-                        replayed = await grain.Replay(next).WaitAsync(ReplayWait, cancellationToken).ConfigureAwait(false);
-                        unanswered = 0;
-                    }
-                    catch (TimeoutException)
-                    {
-                        // No answer in time: the session's silo may have died. Once membership says so, that is the
-                        // answer; otherwise ask again later, up to ReplayAttempts times.
-                        var left = await SiloLeftAsync(client, accepted.Silo).ConfigureAwait(false);
-                        if (left || ++unanswered >= ReplayAttempts)
-                        {
-                            reachable = false;
-                            throw left
-                                ? new SessionLostException($"Session '{key}' ran on silo {accepted.Silo}, which is no longer an active member of the cluster, after the consumer had seen {next} events; start a new session.")
-                                : new TimeoutException($"Session '{key}' did not answer {ReplayAttempts} replay questions of {ReplayWait.TotalSeconds} s each.");
-                        }
-                        replayed = [];
-                    }
-                    catch
-                    {
-                        reachable = false; // lost with its silo, or out of reach: nothing left to close
-                        throw;
-                    }
-                    foreach (var e in replayed)
-                    {
-                        pending.TryAdd(e.Sequence, e);
-                    }
-                }
-                while (pending.Remove(next, out var e))
+                foreach (var e in await consumer.NextAsync(cancellationToken).ConfigureAwait(false))
                 {
                     yield return e;
-                    next++;
                     if (e.IsEnd)
                     {
                         yield break;
@@ -202,13 +135,114 @@ public static class GenerationStreams
             }
             finally
             {
-                if (reachable)
+                if (consumer?.Reachable ?? true)
                 {
                     await grain.Close().ConfigureAwait(false);
                 }
             }
         }
     }
+
+    /// <summary>
+    /// A consumer's view of one session's events, yielded strictly in sequence order. The stream delivers them in order;
+    /// one it lost shows up as a gap (or, for the end marker, as silence), and the grain's own record fills it. A session
+    /// that stops answering is lost once membership says its silo left, or after <see cref="ReplayAttempts"/> questions.
+    /// </summary>
+    private sealed class InOrderEvents(IClusterClient client, IDecoderSessionGrain grain, string key, string silo, ChannelReader<GenerationEvent> events)
+    {
+        private readonly SortedDictionary<long, GenerationEvent> _pending = [];
+        private long _next;
+        private bool _streamOpen = true;
+        private int _unanswered;
+
+        /// <summary>False once the session is known lost or out of reach: there is nothing left to close.</summary>
+        public bool Reachable { get; private set; } = true;
+
+        /// <summary>Waits for the stream (or, after <see cref="ReplayAfter"/> of silence, the grain's record); returns the events now in order (maybe none).</summary>
+        public async Task<List<GenerationEvent>> NextAsync(CancellationToken cancellationToken)
+        {
+            var received = await ReceiveAsync(cancellationToken).ConfigureAwait(false);
+            if (received is not null && received.Sequence >= _next)
+            {
+                _pending.TryAdd(received.Sequence, received);
+            }
+            if (received is null || (_pending.Count > 0 && _pending.Keys.First() > _next))
+            {
+                foreach (var e in await ReplayAsync(cancellationToken).ConfigureAwait(false))
+                {
+                    _pending.TryAdd(e.Sequence, e);
+                }
+            }
+            var ready = new List<GenerationEvent>();
+            while (_pending.Remove(_next, out var e))
+            {
+                ready.Add(e);
+                _next++;
+                if (e.IsEnd)
+                {
+                    break;
+                }
+            }
+            return ready;
+        }
+
+        private async Task<GenerationEvent?> ReceiveAsync(CancellationToken cancellationToken)
+        {
+            if (!_streamOpen)
+            {
+                await Task.Delay(ReplayAfter, cancellationToken).ConfigureAwait(false);
+                return null;
+            }
+            using var idle = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+            idle.CancelAfter(ReplayAfter);
+            try
+            {
+                return await events.ReadAsync(idle.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!cancellationToken.IsCancellationRequested)
+            {
+                return null; // no event for a while: ask the grain
+            }
+            catch (ChannelClosedException)
+            {
+                _streamOpen = false; // the subscription failed or ended: the grain's record from now on
+                return null;
+            }
+        }
+
+        private async Task<GenerationEvent[]> ReplayAsync(CancellationToken cancellationToken)
+        {
+            try
+            {
+                // A session whose silo just died does not answer until the silo is declared dead (then its fresh
+                // activation refuses with SessionLostException): ask again later rather than wait out the whole
+                // response timeout, and give up after ReplayAttempts questions without an answer.
+                var replayed = await grain.Replay(_next).WaitAsync(ReplayWait, cancellationToken).ConfigureAwait(false);
+                _unanswered = 0;
+                return replayed;
+            }
+            catch (TimeoutException)
+            {
+                // No answer in time: the session's silo may have died. Once membership says so, that is the answer;
+                // otherwise ask again later, up to ReplayAttempts times.
+                var left = await SiloLeftAsync(client, silo).ConfigureAwait(false);
+                if (left || ++_unanswered >= ReplayAttempts)
+                {
+                    Reachable = false;
+                    throw left
+                        ? new SessionLostException($"Session '{key}' ran on silo {silo}, which is no longer an active member of the cluster, after the consumer had seen {_next} events; start a new session.")
+                        : new TimeoutException($"Session '{key}' did not answer {ReplayAttempts} replay questions of {ReplayWait.TotalSeconds} s each.");
+                }
+                return [];
+            }
+            catch
+            {
+                Reachable = false; // lost with its silo, or out of reach: nothing left to close
+                throw;
+            }
+        }
+    }
+
     /// <summary>Whether <paramref name="silo"/> (a silo's runtime identity) is no longer an active member of the cluster.</summary>
     private static async Task<bool> SiloLeftAsync(IClusterClient client, string silo)
     {
