@@ -78,10 +78,10 @@ public sealed class ConvDenoiser : IDiffusionExpert, IStateDict
         using var scope = NewDisposeScope();
         var x = noisy.to_type(ScalarType.Float32);
         var temb = F.silu(F.linear(TimeFeatures.Of(time, _features, _device), _timeW, _timeB));
-        var h = F.silu(F.conv2d(x, _inW, _inB, padding: [1, 1]).add_(F.linear(temb, _timeIn).unsqueeze(-1).unsqueeze(-1)));
+        var h = F.silu(F.conv2d(x, _inW, _inB, padding: [1, 1]).add_(F.linear(temb, _timeIn).unsqueeze(-1).unsqueeze(-1), Scalars.One));
         h = F.silu(F.conv2d(h, _c1W, _c1B, padding: [_dilation, _dilation], dilation: [_dilation, _dilation])
-            .add_(F.linear(temb, _time1).unsqueeze(-1).unsqueeze(-1)));
-        h = F.silu(F.conv2d(h, _c2W, _c2B, padding: [2, 2], dilation: [2, 2])).add_(h);
+            .add_(F.linear(temb, _time1).unsqueeze(-1).unsqueeze(-1), Scalars.One));
+        h = F.silu(F.conv2d(h, _c2W, _c2B, padding: [2, 2], dilation: [2, 2])).add_(h, Scalars.One);
         return F.conv2d(h, _outW, _outB, padding: [1, 1]).MoveToOuterDisposeScope();
     }
 

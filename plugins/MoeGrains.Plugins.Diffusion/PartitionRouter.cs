@@ -70,7 +70,7 @@ public sealed class PartitionRouter : IDiffusionRouter, IStateDict
         using var scope = NewDisposeScope();
         var x = noisy.to_type(ScalarType.Float32);
         var temb = F.silu(F.linear(TimeFeatures.Of(time, _features, _device), _timeW, _timeB));
-        var h = F.silu(F.conv2d(x, _inW, _inB, padding: [1, 1]).add_(F.linear(temb, _timeIn).unsqueeze(-1).unsqueeze(-1)));
+        var h = F.silu(F.conv2d(x, _inW, _inB, padding: [1, 1]).add_(F.linear(temb, _timeIn).unsqueeze(-1).unsqueeze(-1), Scalars.One));
         h = F.silu(F.conv2d(h, _downW, _downB, strides: [2, 2], padding: [1, 1]));
         var z = F.silu(F.linear(cat([h.flatten(1), temb], 1), _hidW, _hidB));
         return F.linear(z, _outW, _outB).MoveToOuterDisposeScope();

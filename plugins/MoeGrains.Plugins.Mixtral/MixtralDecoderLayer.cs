@@ -28,7 +28,7 @@ public sealed class MixtralDecoderLayer : nn.Module
         var (moe, routing) = block_sparse_moe.forward(flat);
         routing.Logits.MoveToOuterDisposeScope();
         routing.Chosen.MoveToOuterDisposeScope();
-        return (h.add(moe.view(h.shape)).MoveToOuterDisposeScope(), routing);
+        return (Scalars.Add(h, moe.view(h.shape)).MoveToOuterDisposeScope(), routing);
     }
 
     public MixtralSparseMoeBlock Moe => block_sparse_moe;
@@ -37,6 +37,6 @@ public sealed class MixtralDecoderLayer : nn.Module
     public Tensor Attend(Tensor x, LayerKvCache? cache = null)
     {
         using var scope = NewDisposeScope();
-        return x.add(self_attn.forward(input_layernorm.forward(x), cache)).MoveToOuterDisposeScope();
+        return Scalars.Add(x, self_attn.forward(input_layernorm.forward(x), cache)).MoveToOuterDisposeScope();
     }
 }

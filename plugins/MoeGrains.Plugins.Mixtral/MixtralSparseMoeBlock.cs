@@ -124,7 +124,7 @@ public sealed class MixtralSparseMoeBlock : nn.Module
         }
         // Sort the (token, slot) pairs by expert: one gather, one contiguous slice per expert, one scatter-add.
         var expertOfSlot = flat.index_select(0, valid);
-        var order = expertOfSlot.mul(flat.shape[0]).add_(valid).argsort(); // unique keys: a stable sort
+        var order = expertOfSlot.mul(flat.shape[0]).add_(valid, Scalars.One).argsort(); // unique keys: a stable sort
         var slots = valid.index_select(0, order);
         var counts = expertOfSlot.bincount(null, experts.Count).cpu().data<long>().ToArray();
         var tokenOfSlot = slots.div(k, rounding_mode: RoundingMode.floor);

@@ -22,7 +22,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
         using var scope = NewDisposeScope();
         // The scalar is held until the call is done (a temporary one can be freed by the finalizer thread mid-call).
         using var eps = _eps.ToScalar();
-        var variance = x.square().mean([-1], keepdim: true);
-        return x.mul(variance.add_(eps).rsqrt_()).mul(weight).MoveToOuterDisposeScope();
+        var variance = x.mul(x).mean([-1], keepdim: true); // not square(): its implicit exponent scalar
+        return x.mul(variance.add_(eps, Scalars.One).rsqrt_()).mul(weight).MoveToOuterDisposeScope();
     }
 }

@@ -24,6 +24,6 @@ public static class RotaryEmbedding
         var sin = emb.sin().to_type(x.dtype);
         var half = headDim / 2;
         var rotated = cat([x.narrow(-1, half, half).neg(), x.narrow(-1, 0, half)], -1);
-        return x.mul(cos).add_(rotated.mul_(sin)).MoveToOuterDisposeScope();
+        return x.mul(cos).add_(rotated.mul_(sin), Scalars.One).MoveToOuterDisposeScope();
     }
 }

@@ -52,7 +52,7 @@ public sealed class TopKRouter : IRouter, IStateDict
         if (available.AvailableCount < available.Count)
         {
             var mask = tensor(available.AsList().Select(a => !a).ToArray(), device: logits.device);
-            logits = logits.masked_fill(mask, float.NegativeInfinity);
+            logits = logits.masked_fill(mask, Scalars.NegativeInfinity);
         }
         var probs = nn.functional.softmax(logits, 1);
         var (values, indices) = probs.topk(k, dim: 1);

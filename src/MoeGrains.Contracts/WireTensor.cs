@@ -73,8 +73,10 @@ public sealed class WireTensor
             {
                 return new WireTensor(dtype, shape, [], new float[rows], maxBytes);
             }
-            var scale = x.abs().amax(new long[] { 1 }).div(127f).clamp_min(1e-12f);
-            var q = x.div(scale.unsqueeze(1)).round().clamp(-127, 127).to_type(ScalarType.Int8).contiguous();
+            // Scalars held across the calls (a temporary one can be finalized while libtorch reads it).
+            using TorchSharp.Scalar top = 127f, tiny = 1e-12f, low = -127f, high = 127f;
+            var scale = x.abs().amax(new long[] { 1 }).div(top).clamp_min(tiny);
+            var q = x.div(scale.unsqueeze(1)).round().clamp(low, high).to_type(ScalarType.Int8).contiguous();
             return new WireTensor(dtype, shape, q.bytes.ToArray(), scale.contiguous().data<float>().ToArray(), maxBytes);
         }
         var converted = cpu.to_type(ToScalarType(dtype)).contiguous();

@@ -71,14 +71,15 @@ public sealed class AdaMoERouter : IRouter, IStateDict
         {
             // An unavailable true expert cannot be chosen; null experts are always available (they cost nothing).
             var mask = tensor(available.AsList().Select(a => !a).Concat(Enumerable.Repeat(false, _nulls)).ToArray(), device: logits.device);
-            logits = logits.masked_fill(mask, float.NegativeInfinity);
+            logits = logits.masked_fill(mask, Scalars.NegativeInfinity);
         }
         var probs = nn.functional.softmax(logits, 1);
         var (values, indices) = probs.topk(_k, dim: 1);
-        var isNull = indices.ge(_experts).logical_or(values.le(0)); // a null expert, or an unavailable one that k reached
-        var kept = values.masked_fill(isNull, 0f);
-        var weights = kept.div(kept.sum(1, keepdim: true).clamp_min(1e-12));
-        var experts = indices.masked_fill(isNull, -1);
+        using TorchSharp.Scalar trueExperts = (long)_experts, tiny = 1e-12;
+        var isNull = indices.ge(trueExperts).logical_or(values.le(Scalars.Zero)); // a null expert, or an unavailable one that k reached
+        var kept = values.masked_fill(isNull, Scalars.Zero);
+        var weights = kept.div(kept.sum(1, keepdim: true).clamp_min(tiny));
+        var experts = indices.masked_fill(isNull, Scalars.MinusOne);
         return new RoutingDecision(experts.MoveToOuterDisposeScope(), weights.MoveToOuterDisposeScope());
     }
 

@@ -38,7 +38,7 @@ internal sealed class RouterGate : IDisposable
         var logits = hidden.to_type(ScalarType.Float32).matmul(_weight.t());
         if (available.AvailableCount < available.Count)
         {
-            logits = logits.masked_fill(tensor(available.AsList().Select(a => !a).ToArray(), device: logits.device), float.NegativeInfinity);
+            logits = logits.masked_fill(tensor(available.AsList().Select(a => !a).ToArray(), device: logits.device), Scalars.NegativeInfinity);
         }
         return nn.functional.softmax(logits, 1).MoveToOuterDisposeScope();
     }

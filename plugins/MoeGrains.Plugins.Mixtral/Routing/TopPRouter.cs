@@ -38,9 +38,10 @@ public sealed class TopPRouter : IRouter, IStateDict
         var k = Math.Min(_max, available.AvailableCount);
         var (values, indices) = probs.topk(k, dim: 1);
         var before = values.cumsum(1).sub(values); // mass of the experts ranked above
-        var keep = before.le(_p).logical_and(values.gt(0));
-        var experts = indices.masked_fill(keep.logical_not(), -1);
-        var weights = values.masked_fill(keep.logical_not(), 0f);
+        using TorchSharp.Scalar p = _p;
+        var keep = before.le(p).logical_and(values.gt(Scalars.Zero));
+        var experts = indices.masked_fill(keep.logical_not(), Scalars.MinusOne);
+        var weights = values.masked_fill(keep.logical_not(), Scalars.Zero);
         return new RoutingDecision(experts.MoveToOuterDisposeScope(), weights.MoveToOuterDisposeScope());
     }
 

@@ -36,7 +36,7 @@ public sealed class MixtralAttentionStage : IExpert
         using var _ = no_grad();
         using var scope = NewDisposeScope();
         var x = hiddenStates.to_type(ScalarType.Float32).unsqueeze(0);
-        return x.add(self_attn.forward(input_layernorm.forward(x), _cache)).squeeze(0).MoveToOuterDisposeScope();
+        return Scalars.Add(x, self_attn.forward(input_layernorm.forward(x), _cache)).squeeze(0).MoveToOuterDisposeScope();
     }
 
     public void Dispose()

@@ -12,7 +12,7 @@ public static class FlowMatching
     public static Tensor Interpolate(Tensor clean, Tensor noise, Tensor time)
     {
         var t = time.reshape(-1, 1, 1, 1);
-        return clean.mul(t.neg().add(1)).add_(noise.mul(t));
+        return clean.mul(t.neg().add(Scalars.One, Scalars.One)).add_(noise.mul(t), Scalars.One);
     }
 
     /// <summary>The conditional velocity target <c>ε - x_0</c>.</summary>

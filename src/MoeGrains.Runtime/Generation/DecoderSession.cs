@@ -272,7 +272,7 @@ public sealed class DecoderSession : IDisposable
                 }
                 using (moe)
                 {
-                    x = await _lane.RunAsync(() => h.add(moe), cancellationToken);
+                    x = await _lane.RunAsync(() => Scalars.Add(h, moe), cancellationToken);
                 }
                 h.Dispose();
             }

@@ -218,7 +218,7 @@ internal sealed class CoherentReplica(string model, ModelCatalog models, PluginC
             {
                 using var scope = NewDisposeScope();
                 using var h = residual.ToTensor(device.Device);
-                var y = h.add(output);
+                var y = Scalars.Add(h, output);
                 return block + 1 == spec.Layers ? (Wire: (WireTensor?)null, Logits: session.Head(y, false)[0]) : (Wire: Wire(y), Logits: (float[]?)null);
             }, cancellationToken);
             t = t with { Messages = t.Messages + messages, Bytes = t.Bytes + bytes, ExpertSlots = slots, Normed = null, Routing = null };
