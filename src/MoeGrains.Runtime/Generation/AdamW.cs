@@ -1,3 +1,4 @@
+using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -40,6 +41,9 @@ public sealed class AdamW : IDisposable
         Steps++;
         var bc1 = 1 - Math.Pow(Beta1, Steps);
         var bc2 = 1 - Math.Pow(Beta2, Steps);
+        // Scalars held for the whole step (a temporary one can be finalized while libtorch reads it).
+        using Scalar beta1 = Beta1, oneMinusBeta1 = 1 - Beta1, beta2 = Beta2, oneMinusBeta2 = 1 - Beta2,
+            decay = 1 - learningRate * WeightDecay, rootBc2 = Math.Sqrt(bc2), epsilon = Epsilon, stepSize = -learningRate / bc1;
         foreach (var (_, p, m, v) in _state)
         {
             var g = p.grad;
@@ -47,14 +51,14 @@ public sealed class AdamW : IDisposable
             {
                 continue;
             }
-            m.mul_(Beta1).add_(g, 1 - Beta1);
-            v.mul_(Beta2).addcmul_(g, g, 1 - Beta2);
+            m.mul_(beta1).add_(g, oneMinusBeta1);
+            v.mul_(beta2).addcmul_(g, g, oneMinusBeta2);
             if (p.dim() >= 2 && WeightDecay > 0)
             {
-                p.mul_(1 - learningRate * WeightDecay);
+                p.mul_(decay);
             }
-            var denom = v.sqrt().div_(Math.Sqrt(bc2)).add_(Epsilon);
-            p.addcdiv_(m, denom, -learningRate / bc1);
+            var denom = v.sqrt().div_(rootBc2).add_(epsilon, Scalars.One);
+            p.addcdiv_(m, denom, stepSize);
         }
     }
 
