@@ -64,7 +64,8 @@ internal static class TimeFeatures
     public static Tensor Of(Tensor time, int count, Device device)
     {
         using var scope = NewDisposeScope();
-        var freqs = exp(linspace(0, Math.Log(100.0), count, device: device)).mul_(Math.PI);
+        using TorchSharp.Scalar pi = Math.PI;
+        var freqs = exp(linspace(0, Math.Log(100.0), count, device: device)).mul_(pi);
         var angles = time.to_type(ScalarType.Float32).reshape(-1, 1).mul(freqs.reshape(1, -1));
         return cat([sin(angles), cos(angles)], 1).MoveToOuterDisposeScope();
     }

@@ -40,9 +40,11 @@ public static class FlowMatching
         var x = noise.clone();
         for (var i = 0; i < steps; i++)
         {
-            using var t = full(noise.shape[0], grid[i], ScalarType.Float32);
+            // Scalars held across the calls (a temporary one can be finalized while libtorch reads it).
+            using TorchSharp.Scalar time = grid[i], dt = grid[i] - grid[i + 1];
+            using var t = full(noise.shape[0], time, ScalarType.Float32);
             using var v = await velocity(x, t).ConfigureAwait(false);
-            var next = x.sub(v.mul(grid[i] - grid[i + 1]));
+            var next = x.sub(v.mul(dt));
             x.Dispose();
             x = next;
         }
