@@ -29,8 +29,6 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
 
     private static readonly TimeSpan GenerationKeepAlive = TimeSpan.FromMinutes(10);
 
-    /// <summary>How long a token waits for its stream publication (normally milliseconds) before generation goes on.</summary>
-    private static readonly TimeSpan PublishWait = TimeSpan.FromSeconds(1);
     private long _messages, _bytes;
 
     public async Task<DecoderStep> Append(long[] tokens, string? router, CancellationToken cancellationToken)
@@ -148,7 +146,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
     }
 
     /// <summary>
-    /// Publishes one event, waiting at most <see cref="PublishWait"/>. The event is already in the grain's record, so a
+    /// Publishes one event, waiting at most <see cref="GenerationStreams.PublishWait"/>. The event is already in the grain's record, so a
     /// failed or stalled publication (the stream's queue grain was on a lost silo: the call would wait the whole response
     /// timeout) costs the consumer a replay, never the generation its pace.
     /// </summary>
@@ -156,7 +154,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
     {
         try
         {
-            await stream.OnNextAsync(e).WaitAsync(PublishWait);
+            await stream.OnNextAsync(e).WaitAsync(GenerationStreams.PublishWait);
         }
         catch (Exception failure) when (failure is not OperationCanceledException)
         {

@@ -70,6 +70,9 @@ public static class GenerationStreams
     /// <summary>How often a pulling agent looks for new events in its queue.</summary>
     public static readonly TimeSpan PollPeriod = TimeSpan.FromMilliseconds(25);
 
+    /// <summary>How long a session grain waits for one event's stream publication (normally milliseconds) before generation goes on.</summary>
+    public static readonly TimeSpan PublishWait = TimeSpan.FromSeconds(1);
+
     /// <summary>A consumer that has seen no event for this long asks the session grain for what it missed.</summary>
     public static readonly TimeSpan ReplayAfter = TimeSpan.FromSeconds(2);
 
