@@ -49,7 +49,7 @@ internal static class LanguageModelBench
 
     /// <summary>
     /// A local cluster of <paramref name="silos"/> silos serving the checkpoint as <c>lm</c> with routing traces at
-    /// <paramref name="samplingRate"/>, once every silo is an active member.
+    /// <paramref name="samplingRate"/> (started once every silo is an active member).
     /// </summary>
     public static async Task<LocalCluster> StartTracedClusterAsync(int silos, string weightsPath, double samplingRate, CancellationToken ct)
     {
@@ -62,8 +62,6 @@ internal static class LanguageModelBench
                 o.ExpertTimeoutMs = 120_000;
             })
             .AddRoutingTraces(o => o.SamplingRate = samplingRate), cancellationToken: ct);
-        var info = cluster.GrainFactory.GetGrain<IClusterInfoGrain>(0);
-        for (var wait = 0; (await info.Silos()).Length < silos && wait < 600; wait++) await Task.Delay(100, ct);
         return cluster;
     }
 }

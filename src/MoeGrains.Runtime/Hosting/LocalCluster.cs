@@ -8,7 +8,7 @@ namespace MoeGrains.Hosting;
 
 /// <summary>
 /// Several real silos in this process on loopback (each its own host, ports and services), joined through localhost
-/// clustering with the first silo as primary. Used by <c>moe serve</c>, <c>moe demo</c>, benchmarks and tests.
+/// clustering with the first silo as primary; started once every silo is an active member. Used by <c>moe serve</c>, <c>moe demo</c>, benchmarks and tests.
 /// </summary>
 public sealed class LocalCluster : IAsyncDisposable
 {
@@ -60,12 +60,30 @@ public sealed class LocalCluster : IAsyncDisposable
                 cluster._silos.Add(host);
                 await host.StartAsync(cancellationToken).ConfigureAwait(false);
             }
+            await cluster.WaitForMembersAsync(TimeSpan.FromSeconds(60), cancellationToken).ConfigureAwait(false);
             return cluster;
         }
         catch
         {
             await cluster.DisposeAsync().ConfigureAwait(false);
             throw;
+        }
+    }
+
+    // A silo that has started may not yet be an active member: placement would ignore it. Returns once the membership
+    // table lists every silo of this cluster as active.
+    private async Task WaitForMembersAsync(TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        var management = GrainFactory.GetGrain<IManagementGrain>(0);
+        var deadline = DateTime.UtcNow + timeout;
+        int active;
+        while ((active = (await management.GetHosts(onlyActive: true).ConfigureAwait(false)).Count) < _silos.Count)
+        {
+            if (DateTime.UtcNow > deadline)
+            {
+                throw new TimeoutException($"{active} of the {_silos.Count} silos of local cluster {ClusterId} are active members after {timeout.TotalSeconds:F0} s.");
+            }
+            await Task.Delay(100, cancellationToken).ConfigureAwait(false);
         }
     }
 

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using MoeGrains.Client;
 using MoeGrains.Hosting;
 using MoeGrains.Tests.Infrastructure;
 
@@ -148,6 +149,30 @@ public sealed class ProcessCluster : IAsyncDisposable
             await Task.Delay(200);
         }
         throw new TimeoutException($"waited {timeout.TotalSeconds} s for {what}");
+    }
+
+    /// <summary>
+    /// A client that finds the silos through this cluster's Redis membership, returned once every silo started is an
+    /// active member (exceptions <paramref name="tolerated"/> says are expected count as "not yet", for 30 s).
+    /// </summary>
+    public async Task<MoeClient> ConnectClientAsync(int responseTimeoutMs, Func<Exception, bool> tolerated)
+    {
+        var client = await MoeClient.ConnectAsync(new MoeClientOptions
+        {
+            RedisConnectionString = RedisConnectionString,
+            ClusterId = ClusterId,
+            ResponseTimeoutMs = responseTimeoutMs,
+        });
+        try
+        {
+            await WaitFor(async () => (await client.SilosAsync()).Length == _silos.Count, TimeSpan.FromSeconds(30), $"{_silos.Count} active silos", tolerated);
+            return client;
+        }
+        catch
+        {
+            await client.DisposeAsync();
+            throw;
+        }
     }
 
     /// <summary>SIGKILL: no shutdown, no goodbye to the cluster.</summary>
