@@ -28,7 +28,7 @@ internal static class OffloadBenchCommand
 
     internal sealed record OffloadRun(
         string Workload, double BudgetFraction, string Policy, double HitRatio, double LoadsPerToken, double DemandLoadsPerToken,
-        double BytesPerToken, long PeakDeviceBytes, double MemorySaved, double ExpertMemorySaved, long PeakDeviceExpertBytes, long PeakCacheBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
+        double BytesPerToken, long PeakDeviceBytes, double? MemorySaved, double ExpertMemorySaved, long PeakDeviceExpertBytes, long PeakCacheBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
         double StallMsPerToken, double? PredictionRecall, double? PredictionPrecision, double DistinctExpertsPerBatchLayer,
         long Tokens, bool? IdenticalToResident);
 
@@ -132,7 +132,7 @@ internal static class OffloadBenchCommand
         var store = ExpertWeightStore.Write(file, spec, Path.Combine(dir, "lm-fp32"));
         var total = store.Count;
         var expertBytes = store.TotalDeviceBytes;
-        var nonExpertBytes = NonExpertBytes(path);
+        var nonExpertBytes = NonExpertBytes(file);
 
         // The predictor learns from the model's own routes on training text (teacher-forced windows).
         Log(progress, "recording routes on training text for the predictor...");
@@ -174,7 +174,7 @@ internal static class OffloadBenchCommand
         }).ToArray();
 
         Log(progress, $"everything resident: {requests} requests x {newTokens} greedy tokens, batches of {batchSize}...");
-        var resident = await RunModel(plugins, store, path, predictor, new OffloadOptions { Budget = new(total) }, prompts, newTokens, batchSize, schedule: false, preload: true, ct);
+        var resident = await RunModel(plugins, store, path, nonExpertBytes, predictor, new OffloadOptions { Budget = new(total) }, prompts, newTokens, batchSize, schedule: false, preload: true, ct);
         var runs = new List<OffloadRun>();
         foreach (var fraction in Budgets)
         {
@@ -183,7 +183,7 @@ internal static class OffloadBenchCommand
                 if (!Want($"model:{fraction}:{policy}")) continue;
                 Log(progress, $"budget {fraction:P0}, {policy}...");
                 var options = new OffloadOptions { Budget = new(BudgetExperts(fraction, total)), Policy = PolicyOf(policy) };
-                var r = await RunModel(plugins, store, path, predictor, options, prompts, newTokens, batchSize, policy.EndsWith("scheduling", StringComparison.Ordinal), false, ct);
+                var r = await RunModel(plugins, store, path, nonExpertBytes, predictor, options, prompts, newTokens, batchSize, policy.EndsWith("scheduling", StringComparison.Ordinal), false, ct);
                 runs.Add(ToRun("reference-model", fraction, policy, r, resident.TokensPerS, resident.Outputs));
             }
         }
@@ -208,15 +208,16 @@ internal static class OffloadBenchCommand
         using (var single = new SessionBatcher(model, plugins, path, CliServices.Provider, 1))
         {
             offloaded = await Greedy(async (tokens, token) => (await single.StepAsync([(0, tokens)], token))[0], greedyPrompt, 48, ct);
+            var cachePeak = model.Cache.Stats().PeakResidentBytes;
             greedyMemory = new
             {
                 peak_device_bytes = nonExpertBytes + model.PeakDeviceExpertBytes,
                 peak_device_expert_bytes = model.PeakDeviceExpertBytes,
-                peak_cache_bytes = model.Cache.Stats().PeakResidentBytes,
+                peak_cache_bytes = cachePeak,
                 all_resident_bytes = nonExpertBytes + expertBytes,
-                memory_saved = Math.Round(1 - (double)(nonExpertBytes + model.PeakDeviceExpertBytes) / (nonExpertBytes + expertBytes), 4),
-                memory_saved_counting_cache_budget = Math.Round(1 - (double)(nonExpertBytes + model.Cache.Stats().PeakResidentBytes) / (nonExpertBytes + expertBytes), 4),
-                expert_memory_saved = Math.Round(1 - (double)model.PeakDeviceExpertBytes / expertBytes, 4),
+                memory_saved = Saved(nonExpertBytes + model.PeakDeviceExpertBytes, nonExpertBytes + expertBytes),
+                memory_saved_counting_cache_budget = Saved(nonExpertBytes + cachePeak, nonExpertBytes + expertBytes),
+                expert_memory_saved = Saved(model.PeakDeviceExpertBytes, expertBytes),
             };
         }
         identical = reference.SequenceEqual(offloaded);
@@ -264,8 +265,11 @@ internal static class OffloadBenchCommand
     }
 
     // The weights that stay resident besides the experts: embeddings, attention, norms, routers and the output head.
-    private static long NonExpertBytes(string checkpointPath) => SafeTensorsFile.Open(checkpointPath).Tensors.Values
+    private static long NonExpertBytes(SafeTensorsFile checkpoint) => checkpoint.Tensors.Values
         .Where(t => !t.Name.Contains(".block_sparse_moe.experts.", StringComparison.Ordinal)).Sum(t => t.ByteLength);
+
+    /// <summary>The share of <paramref name="all"/> bytes not on the device when <paramref name="used"/> are.</summary>
+    private static double Saved(long used, long all) => Math.Round(1 - (double)used / all, 4);
 
     private static async Task<List<int>> Greedy(DecoderStepAsync step, long[] prompt, int count, CancellationToken ct)
     {
@@ -293,7 +297,7 @@ internal static class OffloadBenchCommand
         public double TokensPerS => Tokens / Math.Max(Seconds, 1e-9);
     }
 
-    private static async Task<RunResult> RunModel(PluginCatalog plugins, ExpertWeightStore store, string path, RoutingPathPredictor predictor, OffloadOptions options,
+    private static async Task<RunResult> RunModel(PluginCatalog plugins, ExpertWeightStore store, string path, long nonExpertBytes, RoutingPathPredictor predictor, OffloadOptions options,
         long[][] prompts, int newTokens, int batchSize, bool schedule, bool preload, CancellationToken ct)
     {
         using var model = new OffloadedMoeModel(plugins, store, CliServices.Provider, options, predictor, path);
@@ -328,7 +332,7 @@ internal static class OffloadBenchCommand
         var seconds = sw.Elapsed.TotalSeconds;
         model.Cache.WaitForPrefetches();
         return new RunResult(Minus(model.Cache.Stats(), start), model.Prediction, tokens, seconds, batcher.DistinctExpertsPerLayerCall, outputs,
-            model.PeakDeviceExpertBytes, NonExpertBytes(path), store.TotalDeviceBytes);
+            model.PeakDeviceExpertBytes, nonExpertBytes, store.TotalDeviceBytes);
     }
 
     private static ExpertCacheStats Minus(ExpertCacheStats a, ExpertCacheStats b) => a with
@@ -343,8 +347,10 @@ internal static class OffloadBenchCommand
         var predictive = policy.StartsWith("predictive", StringComparison.Ordinal);
         return new OffloadRun(workload, fraction, policy, Math.Round(s.HitRatio, 4), Math.Round((double)s.Loads / r.Tokens, 4),
             Math.Round((double)s.DemandLoads / r.Tokens, 4), Math.Round((double)s.BytesRead / r.Tokens, 1),
-            r.NonExpertBytes + r.PeakDeviceExpertBytes, Math.Round(1 - (double)(r.NonExpertBytes + r.PeakDeviceExpertBytes) / (r.NonExpertBytes + r.AllExpertBytes), 4),
-            Math.Round(1 - (double)r.PeakDeviceExpertBytes / r.AllExpertBytes, 4), r.PeakDeviceExpertBytes, s.PeakResidentBytes, s.PeakResidentExperts,
+            r.NonExpertBytes + r.PeakDeviceExpertBytes,
+            // The replay has experts only: no all-weights figure for it.
+            r.NonExpertBytes > 0 ? Saved(r.NonExpertBytes + r.PeakDeviceExpertBytes, r.NonExpertBytes + r.AllExpertBytes) : null,
+            Saved(r.PeakDeviceExpertBytes, r.AllExpertBytes), r.PeakDeviceExpertBytes, s.PeakResidentBytes, s.PeakResidentExperts,
             Math.Round(r.TokensPerS, 1), Math.Round(residentTokensPerS / Math.Max(r.TokensPerS, 1e-9), 3), Math.Round(s.StallMs / r.Tokens, 3),
             predictive ? Math.Round(r.Prediction.Recall, 4) : null, predictive ? Math.Round(r.Prediction.Precision, 4) : null,
             Math.Round(r.Distinct, 3), r.Tokens,
@@ -501,7 +507,7 @@ internal static class OffloadBenchCommand
             foreach (var r in report.Runs.Where(r => r.Workload == workload))
             {
                 table.AddRow($"{r.BudgetFraction:P0}", r.Policy, $"{r.HitRatio:F3}", $"{r.LoadsPerToken:F3}", $"{r.DemandLoadsPerToken:F3}", $"{r.BytesPerToken:N0}",
-                    $"{r.PeakDeviceBytes:N0}", $"{r.MemorySaved:P1}", $"{r.ExpertMemorySaved:P1}", $"{r.PeakResidentExperts}", $"{r.TokensPerS:F1}", $"{r.SlowdownVsResident:F2}x", $"{r.StallMsPerToken:F2}",
+                    $"{r.PeakDeviceBytes:N0}", r.MemorySaved is { } saved ? $"{saved:P1}" : "-", $"{r.ExpertMemorySaved:P1}", $"{r.PeakResidentExperts}", $"{r.TokensPerS:F1}", $"{r.SlowdownVsResident:F2}x", $"{r.StallMsPerToken:F2}",
                     r.PredictionRecall is { } rc ? $"{rc:F3}" : "-", $"{r.DistinctExpertsPerBatchLayer:F2}", r.IdenticalToResident is { } i ? (i ? "yes" : "no") : "-");
             }
             AnsiConsole.Write(table);

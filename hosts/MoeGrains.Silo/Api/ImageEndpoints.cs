@@ -1,4 +1,3 @@
-using System.Globalization;
 using System.Text.Json;
 using MoeGrains.Contracts;
 using MoeGrains.Diffusion;
@@ -26,7 +25,7 @@ public static class ImageEndpoints
     {
         try
         {
-            using var body = await ReadBody(http);
+            using var body = await ApiJson.ReadObjectAsync(http, (field, message) => new DiffusionRequestException(field, message));
             var root = body.RootElement;
             if (!root.TryGetProperty("model", out var modelElement) || modelElement.ValueKind != JsonValueKind.String || string.IsNullOrWhiteSpace(modelElement.GetString()))
             {
@@ -45,7 +44,7 @@ public static class ImageEndpoints
             var n = Int(root, "n", 16);
             var steps = Int(root, "steps", 20);
             var topK = Int(root, "top_k", 1);
-            var seed = Int(root, "seed", 1);
+            var seed = Long(root, "seed", 1);
             var scale = Int(root, "scale", 4);
             if (scale is < 1 or > 32) throw new DiffusionRequestException("scale", $"scale must be 1..32, got {scale}.");
             var side = folder.Manifest.ImageSize;
@@ -88,13 +87,20 @@ public static class ImageEndpoints
         }
         catch (DiffusionRequestException e)
         {
-            return Results.Json(new { error = new { message = e.Message, type = "invalid_request_error", param = e.Field.Length > 0 ? e.Field : null } },
-                statusCode: StatusCodes.Status400BadRequest);
+            return ApiJson.BadRequest(e.Field, e.Message);
         }
         catch (MoeGrainsException e)
         {
-            return Results.Json(new { error = new { message = e.Message, type = "server_error", param = (string?)null } }, statusCode: StatusCodes.Status503ServiceUnavailable);
+            return ApiJson.ServerError(e);
         }
+    }
+
+    private static long Long(JsonElement root, string field, long fallback)
+    {
+        if (!root.TryGetProperty(field, out var e) || e.ValueKind == JsonValueKind.Null) return fallback;
+        return e.ValueKind == JsonValueKind.Number && e.TryGetInt64(out var v)
+            ? v
+            : throw new DiffusionRequestException(field, $"\"{field}\" must be a whole number, got {e.GetRawText()}.");
     }
 
     private static int Int(JsonElement root, string field, int fallback)
@@ -103,23 +109,5 @@ public static class ImageEndpoints
         return e.ValueKind == JsonValueKind.Number && e.TryGetInt32(out var v)
             ? v
             : throw new DiffusionRequestException(field, $"\"{field}\" must be a whole number, got {e.GetRawText()}.");
-    }
-
-    private static async Task<JsonDocument> ReadBody(HttpRequest http)
-    {
-        try
-        {
-            var document = await JsonDocument.ParseAsync(http.Body, cancellationToken: http.HttpContext.RequestAborted);
-            if (document.RootElement.ValueKind != JsonValueKind.Object)
-            {
-                document.Dispose();
-                throw new DiffusionRequestException("body", "The body must be a JSON object.");
-            }
-            return document;
-        }
-        catch (JsonException e)
-        {
-            throw new DiffusionRequestException("body", string.Create(CultureInfo.InvariantCulture, $"The body is not valid JSON: {e.Message}"));
-        }
     }
 }

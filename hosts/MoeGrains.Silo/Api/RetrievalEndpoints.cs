@@ -28,7 +28,7 @@ public static class RetrievalEndpoints
         var o = options.Value;
         try
         {
-            using var body = await ReadBody(http);
+            using var body = await ApiJson.ReadObjectAsync(http, (field, message) => new RetrievalRequestException(field, message));
             var root = body.RootElement;
             var model = RequiredString(root, "model");
             if (!o.ExpertList.Contains(model, StringComparer.Ordinal))
@@ -87,11 +87,11 @@ public static class RetrievalEndpoints
         }
         catch (RetrievalRequestException e)
         {
-            return BadRequest(e.Field, e.Message);
+            return ApiJson.BadRequest(e.Field, e.Message);
         }
         catch (MoeGrainsException e)
         {
-            return ServerError(e);
+            return ApiJson.ServerError(e);
         }
     }
 
@@ -103,7 +103,7 @@ public static class RetrievalEndpoints
     {
         try
         {
-            using var body = await ReadBody(http);
+            using var body = await ApiJson.ReadObjectAsync(http, (field, message) => new RetrievalRequestException(field, message));
             var root = body.RootElement;
             var collection = RequiredString(root, "collection");
             if (!RetrievalKeys.IsValidName(collection))
@@ -135,29 +135,11 @@ public static class RetrievalEndpoints
         }
         catch (RetrievalRequestException e)
         {
-            return BadRequest(e.Field, e.Message);
+            return ApiJson.BadRequest(e.Field, e.Message);
         }
         catch (MoeGrainsException e)
         {
-            return ServerError(e);
-        }
-    }
-
-    private static async Task<JsonDocument> ReadBody(HttpRequest http)
-    {
-        try
-        {
-            var document = await JsonDocument.ParseAsync(http.Body, cancellationToken: http.HttpContext.RequestAborted);
-            if (document.RootElement.ValueKind != JsonValueKind.Object)
-            {
-                document.Dispose();
-                throw new RetrievalRequestException("body", "The body must be a JSON object.");
-            }
-            return document;
-        }
-        catch (JsonException e)
-        {
-            throw new RetrievalRequestException("body", $"The body is not valid JSON: {e.Message}");
+            return ApiJson.ServerError(e);
         }
     }
 
@@ -174,11 +156,4 @@ public static class RetrievalEndpoints
         }
         return value.ValueKind == JsonValueKind.String ? value.GetString() : throw new RetrievalRequestException(name, $"\"{name}\" must be a string.");
     }
-
-    /// <summary>A failure of the cluster, not of the request (a plugin that is not loaded or failed): 503, its message as JSON.</summary>
-    private static IResult ServerError(MoeGrainsException e) =>
-        Results.Json(new { error = new { message = e.Message, type = "server_error", param = (string?)null } }, statusCode: StatusCodes.Status503ServiceUnavailable);
-
-    private static IResult BadRequest(string field, string message) =>
-        Results.Json(new { error = new { message, type = "invalid_request_error", param = field } }, statusCode: StatusCodes.Status400BadRequest);
 }

@@ -178,9 +178,6 @@ public static class MoeLayerRunner
             }
         }
         using var scope = NewDisposeScope();
-        // A scalar passed to libtorch goes by its raw handle: held here until the last call, or the finalizer thread may free
-        // it mid-call when another thread's allocation starts a GC (scopes hold tensors, not scalars).
-        using var one = 1.ToScalar();
         var output = zeros(new long[] { tokens, outputDim }, dtype: ScalarType.Float32, device: hidden.device);
         for (var i = 0; i < groups.Length; i++)
         {
@@ -206,7 +203,7 @@ public static class MoeLayerRunner
                     $"Expert {g.Expert} returned shape [{string.Join(", ", y.shape)}], expected [{g.Tokens.Length}, {outputDim}].");
             }
             var weighted = y.mul(tensor(w, new long[] { w.Length, 1 }, device: hidden.device));
-            output.index_add_(0, tensor(g.Tokens, device: hidden.device), weighted, one);
+            output.index_add_(0, tensor(g.Tokens, device: hidden.device), weighted, Scalars.One); // a scalar that outlives the call (see Scalars)
         }
         return output.MoveToOuterDisposeScope();
     }

@@ -238,9 +238,9 @@ public static class GenerationStreams
                 }
                 return [];
             }
-            catch
+            catch (Exception e) when (e is not OperationCanceledException)
             {
-                Reachable = false; // lost with its silo, or out of reach: nothing left to close
+                Reachable = false; // lost with its silo, or out of reach: nothing left to close (a cancelled consumer still closes it)
                 throw;
             }
         }
