@@ -1,3 +1,4 @@
+using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
@@ -66,20 +67,22 @@ public sealed class MixtralSparseMoeBlock : nn.Module
             {
                 var probs = nn.functional.softmax(logits, 1, ScalarType.Float32);
                 var (values, indices) = probs.topk(_config.TopPMaxExperts ?? n, dim: 1);
-                var drop = values.cumsum(1).sub(values).gt(_config.TopPThreshold); // the mass ranked above already exceeds p
-                chosen = dispatched = indices.masked_fill(drop, -1);
-                weights = values.masked_fill(drop, 0f);
+                using Scalar p = _config.TopPThreshold; // scalars held across the calls (see Scalars)
+                var drop = values.cumsum(1).sub(values).gt(p); // the mass ranked above already exceeds p
+                chosen = dispatched = indices.masked_fill(drop, Scalars.MinusOne);
+                weights = values.masked_fill(drop, Scalars.Zero);
                 break;
             }
             case RoutingPolicies.AdaMoE:
             {
                 var probs = nn.functional.softmax(logits, 1, ScalarType.Float32);
                 var (values, indices) = probs.topk(_config.NumExpertsPerTok, dim: 1);
-                var isNull = indices.ge(n);
-                var kept = values.masked_fill(isNull, 0f);
-                weights = kept.div(kept.sum(1, keepdim: true).clamp_min(1e-12)); // all-null tokens: weights 0, output 0
+                using Scalar trueExperts = (long)n, tiny = 1e-12;
+                var isNull = indices.ge(trueExperts);
+                var kept = values.masked_fill(isNull, Scalars.Zero);
+                weights = kept.div(kept.sum(1, keepdim: true).clamp_min(tiny)); // all-null tokens: weights 0, output 0
                 chosen = indices;
-                dispatched = indices.masked_fill(isNull, -1);
+                dispatched = indices.masked_fill(isNull, Scalars.MinusOne);
                 break;
             }
             case RoutingPolicies.Thor:
@@ -116,7 +119,8 @@ public sealed class MixtralSparseMoeBlock : nn.Module
     {
         var k = dispatched.shape[1];
         var flat = dispatched.flatten();
-        var valid = flat.ge(0).nonzero().flatten();
+        using Scalar zero = 0L, stride = flat.shape[0], slotsPerToken = k; // held across the calls (see Scalars)
+        var valid = flat.ge(zero).nonzero().flatten();
         var output = zeros(x.shape[0], x.shape[1], x.dtype, x.device);
         if (valid.shape[0] == 0)
         {
@@ -124,10 +128,10 @@ public sealed class MixtralSparseMoeBlock : nn.Module
         }
         // Sort the (token, slot) pairs by expert: one gather, one contiguous slice per expert, one scatter-add.
         var expertOfSlot = flat.index_select(0, valid);
-        var order = expertOfSlot.mul(flat.shape[0]).add_(valid, Scalars.One).argsort(); // unique keys: a stable sort
+        var order = expertOfSlot.mul(stride).add_(valid, Scalars.One).argsort(); // unique keys: a stable sort
         var slots = valid.index_select(0, order);
         var counts = expertOfSlot.bincount(null, experts.Count).cpu().data<long>().ToArray();
-        var tokenOfSlot = slots.div(k, rounding_mode: RoundingMode.floor);
+        var tokenOfSlot = slots.div(slotsPerToken, rounding_mode: RoundingMode.floor);
         var gathered = x.index_select(0, tokenOfSlot);
         var slotWeights = weights.flatten().index_select(0, slots).unsqueeze(1);
         var outputs = new List<Tensor>(experts.Count);
@@ -141,6 +145,6 @@ public sealed class MixtralSparseMoeBlock : nn.Module
             offset += counts[e];
         }
         var combined = cat(outputs, 0).mul(slotWeights);
-        return output.index_add(0, tokenOfSlot, combined, 1);
+        return output.index_add(0, tokenOfSlot, combined, Scalars.One);
     }
 }

@@ -308,7 +308,7 @@ public sealed class SafeTensorsFile
         {
             Directory.CreateDirectory(directory);
         }
-        var temp = path + ".tmp";
+        var temp = path + $".{Environment.ProcessId}.tmp"; // two processes writing the same file do not share a temporary
         using (var file = File.Create(temp))
         {
             file.Write(BitConverter.GetBytes((ulong)header.Count));

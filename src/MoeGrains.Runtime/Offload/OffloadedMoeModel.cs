@@ -54,6 +54,7 @@ public sealed class OffloadedMoeModel : IDisposable
     private readonly Dictionary<int, IRouter> _routers = [];
     private readonly SafeTensorsFile? _routerCheckpoint;
     private readonly Lock _gate = new();
+    private readonly long _largestExpertBytes;
     private HashSet<int>? _predictedNext;
     private long _predicted, _used, _correct, _deviceBytes, _peakDeviceBytes;
 
@@ -77,7 +78,8 @@ public sealed class OffloadedMoeModel : IDisposable
         {
             throw new ArgumentException("The predictive policy needs a routing-path predictor.", nameof(predictor));
         }
-        options.Budget.Validate(store.Entries.Max(e => e.DeviceBytes));
+        _largestExpertBytes = store.Entries.Max(e => e.DeviceBytes);
+        options.Budget.Validate(_largestExpertBytes);
         _routerCheckpoint = routerCheckpoint is null ? null : SafeTensorsFile.Open(routerCheckpoint);
         Cache = new DeviceExpertCache<ResidentExpert>(options.Budget, options.Policy, id => store.Entry(id.Layer, id.Expert).DeviceBytes, LoadExpert);
     }
@@ -307,9 +309,8 @@ public sealed class OffloadedMoeModel : IDisposable
         var room = Cache.Budget.MaxExperts == int.MaxValue ? experts : Math.Max(0, Cache.Budget.MaxExperts - needed.Length);
         if (Cache.Budget.MaxBytes != long.MaxValue)
         {
-            var largest = _store.Entries.Max(e => e.DeviceBytes);
             var neededBytes = needed.Sum(e => _store.Entry(layer, e).DeviceBytes);
-            room = (int)Math.Min(room, Math.Max(0, (Cache.Budget.MaxBytes - neededBytes) / largest));
+            room = (int)Math.Min(room, Math.Max(0, (Cache.Budget.MaxBytes - neededBytes) / _largestExpertBytes));
         }
         var limit = Math.Min(Options.PrefetchLimit > 0 ? Options.PrefetchLimit : experts, room);
         var next = batch[layer + 1]!;

@@ -92,10 +92,8 @@ namespace MoeGrains.Placement
             }
         }
 
-        public ReplicaPlacement? CurrentReplicas(string model) => _replicas.GetValueOrDefault(model);
-
         /// <summary>How many replicas each expert of a layer has, or null when the layer is not replicated.</summary>
-        public int[]? ReplicaCounts(string model, int layer) => _replicas.TryGetValue(model, out var r) ? r.Counts(layer) : null;
+        public IReadOnlyList<int>? ReplicaCounts(string model, int layer) => _replicas.TryGetValue(model, out var r) ? r.Counts(layer) : null;
 
         public int? ReplicaSiloIndex(string model, int layer, int expert, int replica, int silos) =>
             _replicas.TryGetValue(model, out var r) && r.Silos == silos ? r.SiloOf(layer, expert, replica) : null;

@@ -9,6 +9,7 @@ namespace MoeGrains.Placement;
 public sealed class ReplicaPlacement
 {
     private readonly Dictionary<int, int> _layerIndex;
+    private readonly IReadOnlyList<int>[] _counts;
 
     /// <param name="replicaSilos"><c>replicaSilos[i * experts + e][r]</c>: the silo of replica r of expert e of <c>layers[i]</c>.</param>
     public ReplicaPlacement(IReadOnlyList<int> layers, int experts, int silos, int[][] replicaSilos)
@@ -37,6 +38,7 @@ public sealed class ReplicaPlacement
         Silos = silos;
         ReplicaSilos = replicaSilos;
         _layerIndex = layers.Select((l, i) => (l, i)).ToDictionary(x => x.l, x => x.i);
+        _counts = [.. Enumerable.Range(0, layers.Count).Select(i => (IReadOnlyList<int>)[.. Enumerable.Range(0, experts).Select(e => replicaSilos[i * experts + e].Length)])];
     }
 
     public IReadOnlyList<int> Layers { get; }
@@ -48,8 +50,7 @@ public sealed class ReplicaPlacement
     public int[][] ReplicaSilos { get; }
 
     /// <summary>The replica count of each expert of a layer, or null when the layer is not covered.</summary>
-    public int[]? Counts(int layer) =>
-        _layerIndex.TryGetValue(layer, out var i) ? [.. Enumerable.Range(0, Experts).Select(e => ReplicaSilos[i * Experts + e].Length)] : null;
+    public IReadOnlyList<int>? Counts(int layer) => _layerIndex.TryGetValue(layer, out var i) ? _counts[i] : null;
 
     /// <summary>The silo of a replica, or null when the plan does not have it.</summary>
     public int? SiloOf(int layer, int expert, int replica) =>

