@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection;
 using System.CommandLine;
 using MoeGrains.Checkpoints;
 using MoeGrains.Contracts;
@@ -64,4 +65,54 @@ internal static class LanguageModelBench
             .AddRoutingTraces(o => o.SamplingRate = samplingRate), cancellationToken: ct);
         return cluster;
     }
+
+    /// <summary>Waits (at most 30 s) until the cluster's trace collector has every route the silos recorded; returns the collector.</summary>
+    public static async Task<IRoutingTraceGrain> TracesCollectedAsync(LocalCluster cluster, CancellationToken ct)
+    {
+        var recorded = cluster.Silos.Sum(s => s.Services.GetRequiredService<RoutingTraceSink>().Recorder("lm").Count);
+        var collector = cluster.GrainFactory.GetGrain<IRoutingTraceGrain>("lm");
+        for (var wait = 0; await collector.Count() < recorded && wait < 600; wait++) await Task.Delay(50, ct);
+        return collector;
+    }
+
+    /// <summary>The model's shape for a report, from the checkpoint's metadata.</summary>
+    public static object ModelInfo(IReadOnlyDictionary<string, string> metadata) => new
+    {
+        layers = metadata.GetValueOrDefault("num_hidden_layers"),
+        experts = metadata.GetValueOrDefault("num_local_experts"),
+        top_k = metadata.GetValueOrDefault("num_experts_per_tok"),
+        d_model = metadata.GetValueOrDefault("hidden_size"),
+    };
+
+    /// <summary>The machine line of a report.</summary>
+    public static string Machine(int threads) => $"{Environment.ProcessorCount} cores, {threads} libtorch thread(s), in-process silos on loopback";
+
+    /// <summary>
+    /// Greedy decoding of <paramref name="tokens"/> tokens after <paramref name="prompt"/> in a new session grain of
+    /// <c>lm</c> (a context-coherent one when <paramref name="coherent"/>), closed at the end; with the cross-silo traffic of the decoding.
+    /// </summary>
+    public static async Task<GreedyRun> GreedyAsync(IGrainFactory grains, bool coherent, string name, long[] prompt, int tokens, CancellationToken ct)
+    {
+        var key = IDecoderSessionGrain.Key("lm", name);
+        Func<long[], Task<DecoderStep>> append = coherent
+            ? t => grains.GetGrain<ICoherentDecoderSessionGrain>(key).Append(t, null, ct)
+            : t => grains.GetGrain<IDecoderSessionGrain>(key).Append(t, null, ct);
+        var step = await append(prompt);
+        var (m0, b0) = (step.CrossSiloMessages, step.CrossSiloBytes);
+        var output = new List<long>();
+        var sw = System.Diagnostics.Stopwatch.StartNew();
+        for (var i = 0; i < tokens; i++)
+        {
+            long next = TokenSampler.ArgMax(step.Logits);
+            output.Add(next);
+            step = await append([next]);
+        }
+        var seconds = sw.Elapsed.TotalSeconds;
+        if (coherent) await grains.GetGrain<ICoherentDecoderSessionGrain>(key).Close();
+        else await grains.GetGrain<IDecoderSessionGrain>(key).Close();
+        return new GreedyRun(output, step.CrossSiloMessages - m0, step.CrossSiloBytes - b0, seconds);
+    }
 }
+
+/// <summary>Tokens of one greedy decoding, and the cross-silo messages and bytes it took.</summary>
+internal sealed record GreedyRun(List<long> Tokens, long Messages, long Bytes, double Seconds);

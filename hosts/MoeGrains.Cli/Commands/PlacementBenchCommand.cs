@@ -68,7 +68,7 @@ internal static class PlacementBenchCommand
             {
                 var report = await Run(parse.GetValue(checkpoint)!, parse.GetValue(data), parse.GetValue(silos)!, Math.Max(1, parse.GetValue(traceSessions)),
                     Math.Max(1, parse.GetValue(sessions)), Math.Max(2, parse.GetValue(promptTokens)), Math.Max(1, parse.GetValue(tokens)), parse.GetValue(rate),
-                    parse.GetValue(timeLimit), parse.GetValue(threads), true, ct); // progress on stderr
+                    parse.GetValue(timeLimit), parse.GetValue(threads), ct); // progress on stderr
                 return BenchCommands.Output(report, parse.GetValue(json), Print);
             }
             catch (Exception e) when (LanguageModelBench.IsUserError(e))
@@ -81,7 +81,7 @@ internal static class PlacementBenchCommand
     }
 
     private static async Task<Report> Run(string checkpoint, string? dataPath, int[] siloCounts, int traceSessions, int sessions, int promptTokens, int tokens,
-        double samplingRate, double timeLimit, int threads, bool progress, CancellationToken ct)
+        double samplingRate, double timeLimit, int threads, CancellationToken ct)
     {
         if (!(samplingRate is > 0 and <= 1)) throw new ArgumentException("--sampling-rate must be in (0, 1].");
         var data = await LanguageModelBench.LoadAsync(checkpoint, dataPath, threads, ct);
@@ -93,22 +93,19 @@ internal static class PlacementBenchCommand
         var reports = new List<SiloReport>();
         foreach (var count in siloCounts)
         {
-            Log(progress, $"{count} silos: starting the cluster...");
+            Console.Error.WriteLine($"{count} silos: starting the cluster...");
             await using var cluster = await LanguageModelBench.StartTracedClusterAsync(count, path, samplingRate, ct);
             var grains = cluster.GrainFactory;
             var info = grains.GetGrain<IClusterInfoGrain>(0);
             var spec = await info.Model("lm");
 
             // 1. Traces from the running layers (default placement), exported through the routes stream.
-            Log(progress, $"{count} silos: recording routes of {traceSessions} sessions...");
+            Console.Error.WriteLine($"{count} silos: recording routes of {traceSessions} sessions...");
             foreach (var (prompt, i) in tracePrompts.Select((p, i) => (p, i)))
             {
-                await Generate(grains, coherent: false, $"trace-{i}", prompt, tokens, ct);
+                await LanguageModelBench.GreedyAsync(grains, coherent: false, $"trace-{i}", prompt, tokens, ct);
             }
-            var sinks = cluster.Silos.Select(s => (RoutingTraceSink)s.Services.GetService(typeof(RoutingTraceSink))!).ToArray();
-            var recorded = sinks.Sum(s => s.Recorder("lm").Count);
-            var collector = grains.GetGrain<IRoutingTraceGrain>("lm");
-            for (var wait = 0; await collector.Count() < recorded && wait < 600; wait++) await Task.Delay(50, ct);
+            var collector = await LanguageModelBench.TracesCollectedAsync(cluster, ct);
             var export = await collector.Export();
             var trace = CrossLayerCountsFile.Read(new StringReader(export.CountsCsv), "routes stream", experts: spec.Experts);
 
@@ -116,11 +113,11 @@ internal static class PlacementBenchCommand
             //    objective (top-1 moves and the other experts' calls), both from the exported routes.
             var problem = new PlacementProblem(trace, count);
             var solution = AffinityPlacementSolver.Solve(problem, new AffinityPlacementOptions { TimeLimitSeconds = timeLimit }, ct);
-            Log(progress, $"{count} silos: {export.Tokens} traced tokens; transitions crossing silos: round-robin {problem.CrossFraction(problem.RoundRobin()):F3}, plan {solution.CrossFraction:F3} ({solution.Method}, {solution.Seconds:F1} s)");
+            Console.Error.WriteLine($"{count} silos: {export.Tokens} traced tokens; transitions crossing silos: round-robin {problem.CrossFraction(problem.RoundRobin()):F3}, plan {solution.CrossFraction:F3} ({solution.Method}, {solution.Seconds:F1} s)");
             var routes = TokenRouteFile.Read(new StringReader(export.RoutesCsv), "routes stream");
             var coherentProblem = new PlacementProblem(CoherentDispatchTrace.FromTokenRoutes(routes, spec.Experts), count);
             var coherentSolution = AffinityPlacementSolver.Solve(coherentProblem, new AffinityPlacementOptions { TimeLimitSeconds = timeLimit }, ct);
-            Log(progress, $"{count} silos: coherent-dispatch objective: round-robin {coherentProblem.CrossFraction(coherentProblem.RoundRobin()):F3}, plan {coherentSolution.CrossFraction:F3} ({coherentSolution.Method})");
+            Console.Error.WriteLine($"{count} silos: coherent-dispatch objective: round-robin {coherentProblem.CrossFraction(coherentProblem.RoundRobin()):F3}, plan {coherentSolution.CrossFraction:F3} ({coherentSolution.Method})");
 
             // 3. Held-out generation: default placement, default and coherent dispatch.
             var cases = new List<PlacementCase>();
@@ -128,7 +125,7 @@ internal static class PlacementBenchCommand
             await Measure(grains, count, "default", true, "dflt-c", evalPrompts, tokens, reference, cases, ct);
 
             // 4. The plan applied to the running cluster, then the same two dispatches.
-            Log(progress, $"{count} silos: applying the plan (moving experts)...");
+            Console.Error.WriteLine($"{count} silos: applying the plan (moving experts)...");
             var move = await ExpertMoves.ApplyAsync(grains, "lm", solution.Plan, TimeSpan.FromMinutes(5), ct);
             await Measure(grains, count, "affinity", false, "plan", evalPrompts, tokens, reference, cases, ct);
             await Measure(grains, count, "affinity", true, "plan-c", evalPrompts, tokens, reference, cases, ct);
@@ -148,9 +145,7 @@ internal static class PlacementBenchCommand
                 HopReductionCoherentPlanCoherent = Reduction(Hops("affinity-coherent-objective", "context-coherent")),
             });
         }
-        return new Report("placement", path, new { layers = metadata.GetValueOrDefault("num_hidden_layers"), experts = metadata.GetValueOrDefault("num_local_experts"),
-            top_k = metadata.GetValueOrDefault("num_experts_per_tok"), d_model = metadata.GetValueOrDefault("hidden_size") },
-            $"{Environment.ProcessorCount} cores, {threads} libtorch thread(s), in-process silos on loopback", promptTokens, tokens, samplingRate, [.. reports]);
+        return new Report("placement", path, LanguageModelBench.ModelInfo(metadata), LanguageModelBench.Machine(threads), promptTokens, tokens, samplingRate, [.. reports]);
     }
 
     private static async Task<List<long>[]> Measure(IGrainFactory grains, int silos, string placement, bool coherent, string tag, long[][] prompts, int tokens,
@@ -161,7 +156,7 @@ internal static class PlacementBenchCommand
         var seconds = 0.0;
         for (var i = 0; i < prompts.Length; i++)
         {
-            var run = await Generate(grains, coherent, $"{tag}-{i}", prompts[i], tokens, ct);
+            var run = await LanguageModelBench.GreedyAsync(grains, coherent, $"{tag}-{i}", prompts[i], tokens, ct);
             outputs[i] = run.Tokens;
             messages += run.Messages;
             bytes += run.Bytes;
@@ -172,36 +167,6 @@ internal static class PlacementBenchCommand
         cases.Add(new PlacementCase(silos, placement, coherent ? "context-coherent" : "default", prompts.Length, (int)decoded,
             (double)messages / decoded, (double)bytes / decoded, decoded / seconds, same));
         return outputs;
-    }
-
-    private sealed record GenerationRun(List<long> Tokens, long Messages, long Bytes, double Seconds);
-
-    // Greedy decoding; messages and bytes counted over the decoded tokens only (the prompt runs the default path either way).
-    private static async Task<GenerationRun> Generate(IGrainFactory grains, bool coherent, string name, long[] prompt, int tokens, CancellationToken ct)
-    {
-        var key = IDecoderSessionGrain.Key("lm", name);
-        Func<long[], Task<DecoderStep>> append = coherent
-            ? t => grains.GetGrain<ICoherentDecoderSessionGrain>(key).Append(t, null, ct)
-            : t => grains.GetGrain<IDecoderSessionGrain>(key).Append(t, null, ct);
-        var step = await append(prompt);
-        var (m0, b0) = (step.CrossSiloMessages, step.CrossSiloBytes);
-        var output = new List<long>();
-        var sw = Stopwatch.StartNew();
-        for (var i = 0; i < tokens; i++)
-        {
-            long next = Array.IndexOf(step.Logits, step.Logits.Max());
-            output.Add(next);
-            step = await append([next]);
-        }
-        var seconds = sw.Elapsed.TotalSeconds;
-        if (coherent) await grains.GetGrain<ICoherentDecoderSessionGrain>(key).Close();
-        else await grains.GetGrain<IDecoderSessionGrain>(key).Close();
-        return new GenerationRun(output, step.CrossSiloMessages - m0, step.CrossSiloBytes - b0, seconds);
-    }
-
-    private static void Log(bool progress, string message)
-    {
-        if (progress) Console.Error.WriteLine(message);
     }
 
     private static void Print(Report report)

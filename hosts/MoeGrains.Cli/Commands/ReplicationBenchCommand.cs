@@ -84,9 +84,7 @@ internal static class ReplicationBenchCommand
             Console.Error.WriteLine($"{count} silos: {sessions} concurrent sessions, default placement...");
             var (before, outputs) = await RunPhase(grains, "before", "b", prompts, tokens, layers, count, null, ct);
 
-            var collector = grains.GetGrain<IRoutingTraceGrain>("lm");
-            var recorded = cluster.Silos.Sum(s => ((RoutingTraceSink)s.Services.GetService(typeof(RoutingTraceSink))!).Recorder("lm").Count);
-            for (var wait = 0; await collector.Count() < recorded && wait < 600; wait++) await Task.Delay(50, ct);
+            await LanguageModelBench.TracesCollectedAsync(cluster, ct);
             var (load, traced) = await ExpertReplicas.LiveLoadsAsync(grains, "lm", layers, spec.Experts);
             var placement = ReplicaPlacement.Balance(load, layers, count, slots);
             var unreplicated = ReplicaPlacement.Single(new PlacementPlan(layers, spec.Experts, count,
@@ -102,9 +100,7 @@ internal static class ReplicationBenchCommand
                     .Select(e => $"{l}/{e} x{placement.ReplicaSilos[l * spec.Experts + e].Length} on {string.Join("+", placement.ReplicaSilos[l * spec.Experts + e])}"))],
                 before, after));
         }
-        return new Report("replication", path, new { layers = metadata.GetValueOrDefault("num_hidden_layers"), experts = metadata.GetValueOrDefault("num_local_experts"),
-            top_k = metadata.GetValueOrDefault("num_experts_per_tok"), d_model = metadata.GetValueOrDefault("hidden_size") },
-            $"{Environment.ProcessorCount} cores, {threads} libtorch thread(s), in-process silos on loopback", sessions, promptTokens, tokens, [.. reports]);
+        return new Report("replication", path, LanguageModelBench.ModelInfo(metadata), LanguageModelBench.Machine(threads), sessions, promptTokens, tokens, [.. reports]);
     }
 
     // Runs the sessions concurrently and counts the expert tokens each silo computed meanwhile, per layer.
@@ -113,7 +109,7 @@ internal static class ReplicationBenchCommand
     {
         var start = await Counts(grains);
         var sw = Stopwatch.StartNew();
-        var outputs = await Task.WhenAll(prompts.Select((p, i) => Generate(grains, $"{tag}-{i}", p, tokens, ct)));
+        var outputs = await Task.WhenAll(prompts.Select(async (p, i) => (await LanguageModelBench.GreedyAsync(grains, false, $"{tag}-{i}", p, tokens, ct)).Tokens));
         var seconds = sw.Elapsed.TotalSeconds;
         var end = await Counts(grains);
         var hosts = end.Keys.Order(StringComparer.Ordinal).ToArray();
@@ -132,21 +128,6 @@ internal static class ReplicationBenchCommand
         var hosts = (await grains.GetGrain<IManagementGrain>(0).GetHosts(onlyActive: true)).Keys.ToArray();
         var counts = await Task.WhenAll(hosts.Select(h => grains.GetGrain<IPlacementAgentGrain>(h.ToParsableString()).ExpertTokens("lm")));
         return hosts.Select((h, i) => (h, counts[i])).ToDictionary(x => x.h.ToString(), x => x.Item2, StringComparer.Ordinal);
-    }
-
-    private static async Task<List<long>> Generate(IGrainFactory grains, string name, long[] prompt, int tokens, CancellationToken ct)
-    {
-        var session = grains.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", name));
-        var step = await session.Append(prompt, null, ct);
-        var output = new List<long>();
-        for (var i = 0; i < tokens; i++)
-        {
-            long next = Array.IndexOf(step.Logits, step.Logits.Max());
-            output.Add(next);
-            step = await session.Append([next], null, ct);
-        }
-        await session.Close();
-        return output;
     }
 
     private static void Print(Report report)
