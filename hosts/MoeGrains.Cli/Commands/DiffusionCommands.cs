@@ -288,6 +288,7 @@ internal static class DiffusionCommands
         {
             set_num_threads(Math.Max(1, parse.GetValue(threads)));
             var quiet = parse.GetValue(json);
+            var log = CliLog.Progress(quiet);
             var root = parse.GetValue(model)!;
             var repeats = parse.GetValue(seeds);
             var seedFolders = DiffusionSeeds.SeedFolders(root);
@@ -302,7 +303,7 @@ internal static class DiffusionCommands
             foreach (var path in folders)
             {
                 var folder = DiffusionModelFolder.Open(path);
-                Log($"evaluating {path}");
+                log($"evaluating {path}");
                 reports.Add(await DiffusionEvaluation.RunAsync(folder, Digits(), PluginCatalog.Load(CliPaths.Plugins), CliServices.Provider, options, Log));
             }
             var jsonOptions = new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true };
@@ -349,12 +350,6 @@ internal static class DiffusionCommands
             AnsiConsole.Write(partitions);
             AnsiConsole.MarkupLine($"[grey]classifier accuracy {report.ClassifierAccuracy:P1}; training images vs held-out Fréchet {report.ReferenceFrechet:F2}; oracle-routed held-out loss {report.OracleLoss:F4}[/]");
             return 0;
-
-            void Log(string m)
-            {
-                if (quiet) Console.Error.WriteLine(m);
-                else AnsiConsole.MarkupLine($"[grey]{Markup.Escape(m)}[/]");
-            }
         });
         return command;
     }
