@@ -300,11 +300,12 @@ internal static class DiffusionCommands
             var folders = repeats > 1 ? seedFolders.Take(repeats).ToList() : [root];
             var options = new DiffusionEvalOptions { Samples = parse.GetValue(samples), Steps = parse.GetValue(steps), Seed = parse.GetValue(seed) };
             var reports = new List<DiffusionEvalReport>();
+            var (digits, plugins) = (Digits(), PluginCatalog.Load(CliPaths.Plugins)); // once for every seed folder
             foreach (var path in folders)
             {
                 var folder = DiffusionModelFolder.Open(path);
                 log($"evaluating {path}");
-                reports.Add(await DiffusionEvaluation.RunAsync(folder, Digits(), PluginCatalog.Load(CliPaths.Plugins), CliServices.Provider, options, Log));
+                reports.Add(await DiffusionEvaluation.RunAsync(folder, digits, plugins, CliServices.Provider, options, log));
             }
             var jsonOptions = new JsonSerializerOptions { PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true };
             if (repeats > 1)
