@@ -110,11 +110,19 @@ internal sealed class MoeLayerGrain(
             throw;
         }
         using var _ = result;
-        // Breakers learn from the outcome the request saw (a full queue says nothing about an expert's health).
-        foreach (var call in result.Calls)
+        // Breakers learn from the outcome the request saw, once per expert (a full queue says nothing about an expert's
+        // health). A replicated expert has a call per replica: one that failed fails the expert, as it does in the
+        // combination, so a dead replica is not cancelled out by its healthy siblings.
+        foreach (var calls in result.Calls.GroupBy(c => c.Expert))
         {
-            if (call.Error is null) breakers.Record(model, layer, call.Expert, success: true);
-            else if (!call.Error.Contains(nameof(OverloadedException), StringComparison.Ordinal)) breakers.Record(model, layer, call.Expert, success: false);
+            if (calls.Any(c => c.Error is not null && !c.Error.Contains(nameof(OverloadedException), StringComparison.Ordinal)))
+            {
+                breakers.Record(model, layer, calls.Key, success: false);
+            }
+            else if (calls.Any(c => c.Error is null))
+            {
+                breakers.Record(model, layer, calls.Key, success: true);
+            }
         }
 
         var output = await lane.RunAsync(() => WireTensor.FromTensor(result.Output, hidden.DType == TensorDType.Int8 ? TensorDType.Float32 : hidden.DType, wire.Value.MaxTensorBytes));
