@@ -77,10 +77,13 @@ public sealed class SiloHostRunner : IDisposable
                 }
                 try
                 {
-                    using var health = await host.Http.GetAsync(healthPath);
+                    // Each check on its own short clock: a host that accepts but does not answer yet must not hold the
+                    // loop for the client's whole (long) timeout.
+                    using var check = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                    using var health = await host.Http.GetAsync(healthPath, check.Token);
                     if (health.IsSuccessStatusCode) return host;
                 }
-                catch (HttpRequestException)
+                catch (Exception e) when (e is HttpRequestException or OperationCanceledException)
                 {
                 }
                 if (DateTime.UtcNow > deadline)
