@@ -30,7 +30,7 @@ internal static class OffloadBenchCommand
         string Workload, double BudgetFraction, string Policy, double HitRatio, double LoadsPerToken, double DemandLoadsPerToken,
         double BytesPerToken, long PeakDeviceBytes, double? MemorySaved, double ExpertMemorySaved, long PeakDeviceExpertBytes, long PeakCacheBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
         double StallMsPerToken, double? PredictionRecall, double? PredictionPrecision, double DistinctExpertsPerBatchLayer,
-        long Tokens, bool? IdenticalToResident);
+        long Tokens, bool? IdenticalToResident, int? ResidentAttentionLayers);
 
     internal sealed record OffloadReport(
         string Benchmark, object Model, object Mixtral, long AllExpertsBytes, long NonExpertBytes, bool? GreedyIdenticalAt25,
@@ -48,14 +48,20 @@ internal static class OffloadBenchCommand
         var replayRequests = new Option<int>("--replay-requests") { Description = "Concurrent requests in the Mixtral replay", DefaultValueFactory = _ => 32 };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 1 };
         var skipModel = new Option<bool>("--no-model") { Description = "Only the Mixtral replay" };
+        var attentionLayers = new Option<int>("--attention-layers") { Description = "Blocks whose attention weights stay on the device below a 100% budget (streamed layer by layer; 0: all resident)", DefaultValueFactory = _ => 1 };
         var only = new Option<string?>("--only") { Description = "Run one item only (model:0.25:lru, model:greedy, model:quant, mixtral:0.5:lfu, ...)" };
         var command = new Command("offload", "Experts that do not fit: expert store, device budget, LRU/LFU/predictive caching, prefetch and token scheduling")
         {
-            json, checkpoint, requests, batch, newTokens, prompt, replayTokens, replayRequests, threads, skipModel, only,
+            json, checkpoint, requests, batch, newTokens, prompt, replayTokens, replayRequests, threads, skipModel, only, attentionLayers,
         };
         command.SetAction(async (parse, ct) =>
         {
             set_num_threads(Math.Max(1, parse.GetValue(threads)));
+            if (parse.GetValue(attentionLayers) < 0)
+            {
+                Console.Error.WriteLine($"error: --attention-layers must not be negative, got {parse.GetValue(attentionLayers)}.");
+                return 2;
+            }
             var progress = !parse.GetValue(json);
             _only = parse.GetValue(only);
             var dir = Path.Combine(Path.GetTempPath(), $"moegrains-offload-{Environment.ProcessId}");
@@ -75,7 +81,7 @@ internal static class OffloadBenchCommand
                         Console.Error.WriteLine($"error: no checkpoint at {path}: train one with `moe train --out {LanguageModelCheckpoint.Folder(path)}`.");
                         return 2;
                     }
-                    var m = await ModelWorkload(path, dir, parse.GetValue(requests), parse.GetValue(batch), parse.GetValue(prompt), parse.GetValue(newTokens), progress, ct);
+                    var m = await ModelWorkload(path, dir, parse.GetValue(requests), parse.GetValue(batch), parse.GetValue(prompt), parse.GetValue(newTokens), parse.GetValue(attentionLayers), progress, ct);
                     runs.AddRange(m.Runs);
                     (modelInfo, quant, greedy, allBytes, nonExpert) = (m.Info, m.Quantisation, m.Greedy, m.AllBytes, m.NonExpertBytes);
                 }
@@ -119,7 +125,7 @@ internal static class OffloadBenchCommand
 
     private sealed record ModelResult(object Info, object Quantisation, bool? Greedy, long AllBytes, long NonExpertBytes, List<OffloadRun> Runs);
 
-    private static async Task<ModelResult> ModelWorkload(string path, string dir, int requests, int batchSize, int promptChars, int newTokens, bool progress, CancellationToken ct)
+    private static async Task<ModelResult> ModelWorkload(string path, string dir, int requests, int batchSize, int promptChars, int newTokens, int attentionLayers, bool progress, CancellationToken ct)
     {
         var plugins = PluginCatalog.Load(CliPaths.Plugins);
         var file = SafeTensorsFile.Open(path);
@@ -133,6 +139,10 @@ internal static class OffloadBenchCommand
         var total = store.Count;
         var expertBytes = store.TotalDeviceBytes;
         var nonExpertBytes = NonExpertBytes(file);
+        var routerBytes = RouterBytes(file);
+        // Below a 100% budget the attention weights are streamed too (all but `attentionLayers` blocks' in host memory).
+        var streamed = new BackboneOptions { ResidentAttentionLayers = attentionLayers };
+        var resident = new BackboneOptions();
 
         // The predictor learns from the model's own routes on training text (teacher-forced windows).
         Log(progress, "recording routes on training text for the predictor...");
@@ -174,7 +184,7 @@ internal static class OffloadBenchCommand
         }).ToArray();
 
         Log(progress, $"everything resident: {requests} requests x {newTokens} greedy tokens, batches of {batchSize}...");
-        var resident = await RunModel(plugins, store, path, nonExpertBytes, predictor, new OffloadOptions { Budget = new(total) }, prompts, newTokens, batchSize, schedule: false, preload: true, ct);
+        var allResident = await RunModel(plugins, store, path, nonExpertBytes, routerBytes, predictor, new OffloadOptions { Budget = new(total) }, resident, prompts, newTokens, batchSize, schedule: false, preload: true, ct);
         var runs = new List<OffloadRun>();
         foreach (var fraction in Budgets)
         {
@@ -183,8 +193,9 @@ internal static class OffloadBenchCommand
                 if (!Want($"model:{fraction}:{policy}")) continue;
                 Log(progress, $"budget {fraction:P0}, {policy}...");
                 var options = new OffloadOptions { Budget = new(BudgetExperts(fraction, total)), Policy = PolicyOf(policy) };
-                var r = await RunModel(plugins, store, path, nonExpertBytes, predictor, options, prompts, newTokens, batchSize, policy.EndsWith("scheduling", StringComparison.Ordinal), false, ct);
-                runs.Add(ToRun("reference-model", fraction, policy, r, resident.TokensPerS, resident.Outputs));
+                var r = await RunModel(plugins, store, path, nonExpertBytes, routerBytes, predictor, options, fraction < 1 ? streamed : resident,
+                    prompts, newTokens, batchSize, policy.EndsWith("scheduling", StringComparison.Ordinal), false, ct);
+                runs.Add(ToRun("reference-model", fraction, policy, r, allResident.TokensPerS, allResident.Outputs));
             }
         }
 
@@ -205,19 +216,28 @@ internal static class OffloadBenchCommand
         }
         using (var model = new OffloadedMoeModel(plugins, store, CliServices.Provider,
             new OffloadOptions { Budget = new(BudgetExperts(0.25, total)), Policy = ExpertCachePolicy.Predictive }, predictor, path))
-        using (var single = new SessionBatcher(model, plugins, path, CliServices.Provider, 1))
+        using (var single = new SessionBatcher(model, plugins, path, CliServices.Provider, 1, streamed))
         {
             offloaded = await Greedy(async (tokens, token) => (await single.StepAsync([(0, tokens)], token))[0], greedyPrompt, 48, ct);
             var cachePeak = model.Cache.Stats().PeakResidentBytes;
+            var backbonePeak = single.Backbone.PeakDeviceBytes;
+            var peak = backbonePeak + routerBytes + model.PeakDeviceExpertBytes;
+            var attention = single.Backbone.Streaming;
             greedyMemory = new
             {
-                peak_device_bytes = nonExpertBytes + model.PeakDeviceExpertBytes,
+                peak_device_bytes = peak,
+                peak_device_backbone_bytes = backbonePeak,
+                router_bytes = routerBytes,
                 peak_device_expert_bytes = model.PeakDeviceExpertBytes,
                 peak_cache_bytes = cachePeak,
                 all_resident_bytes = nonExpertBytes + expertBytes,
-                memory_saved = Saved(nonExpertBytes + model.PeakDeviceExpertBytes, nonExpertBytes + expertBytes),
-                memory_saved_counting_cache_budget = Saved(nonExpertBytes + cachePeak, nonExpertBytes + expertBytes),
+                memory_saved = Saved(peak, nonExpertBytes + expertBytes),
+                memory_saved_counting_cache_budget = Saved(backbonePeak + routerBytes + cachePeak, nonExpertBytes + expertBytes),
+                memory_saved_backbone_resident = Saved(nonExpertBytes + model.PeakDeviceExpertBytes, nonExpertBytes + expertBytes),
                 expert_memory_saved = Saved(model.PeakDeviceExpertBytes, expertBytes),
+                resident_attention_layers = attentionLayers,
+                attention_loads = attention?.Loads ?? 0,
+                attention_bytes_copied = attention?.BytesCopied ?? 0,
             };
         }
         identical = reference.SequenceEqual(offloaded);
@@ -256,7 +276,8 @@ internal static class OffloadBenchCommand
         {
             checkpoint = path, layers = spec.Layers, experts = spec.Experts, top_k = spec.TopK, d_model = spec.DModel, d_ff = spec.DFf,
             requests, batch = batchSize, prompt_tokens = promptChars, new_tokens = newTokens, predictor_paths = predictor.Observed,
-            resident_tokens_per_s = resident.TokensPerS, resident_distinct_experts_per_batch_layer = resident.Distinct,
+            resident_attention_layers_below_100 = attentionLayers, router_bytes = routerBytes,
+            resident_tokens_per_s = allResident.TokensPerS, resident_distinct_experts_per_batch_layer = allResident.Distinct,
             greedy_continuation = tokenizer.Decode(offloaded),
             greedy_at_25 = greedyMemory,
             calibrated_bits = plan.Count == 0 ? null : plan.Select(c => new { c.Layer, c.Expert, importance = Math.Round(c.Importance, 4), error4 = Math.Round(c.Error4, 5), error8 = Math.Round(c.Error8, 5), c.Bits }).ToArray(),
@@ -267,6 +288,10 @@ internal static class OffloadBenchCommand
     // The weights that stay resident besides the experts: embeddings, attention, norms, routers and the output head.
     private static long NonExpertBytes(SafeTensorsFile checkpoint) => checkpoint.Tensors.Values
         .Where(t => !t.Name.Contains(".block_sparse_moe.experts.", StringComparison.Ordinal)).Sum(t => t.ByteLength);
+
+    // The routers' weights (resident in the offloaded model).
+    private static long RouterBytes(SafeTensorsFile checkpoint) => checkpoint.Tensors.Values
+        .Where(t => t.Name.Contains(".block_sparse_moe.gate.", StringComparison.Ordinal)).Sum(t => t.ByteLength);
 
     /// <summary>The share of <paramref name="all"/> bytes not on the device when <paramref name="used"/> are.</summary>
     private static double Saved(long used, long all) => Math.Round(1 - (double)used / all, 4);
@@ -295,13 +320,18 @@ internal static class OffloadBenchCommand
         long PeakDeviceExpertBytes, long NonExpertBytes, long AllExpertBytes)
     {
         public double TokensPerS => Tokens / Math.Max(Seconds, 1e-9);
+
+        /// <summary>The most non-expert weight bytes on the device at once (backbone, streamed or not, and routers).</summary>
+        public long PeakDeviceNonExpertBytes { get; init; }
+
+        public int? ResidentAttentionLayers { get; init; }
     }
 
-    private static async Task<RunResult> RunModel(PluginCatalog plugins, ExpertWeightStore store, string path, long nonExpertBytes, RoutingPathPredictor predictor, OffloadOptions options,
+    private static async Task<RunResult> RunModel(PluginCatalog plugins, ExpertWeightStore store, string path, long nonExpertBytes, long routerBytes, RoutingPathPredictor predictor, OffloadOptions options, BackboneOptions backbone,
         long[][] prompts, int newTokens, int batchSize, bool schedule, bool preload, CancellationToken ct)
     {
         using var model = new OffloadedMoeModel(plugins, store, CliServices.Provider, options, predictor, path);
-        using var batcher = new SessionBatcher(model, plugins, path, CliServices.Provider, prompts.Length);
+        using var batcher = new SessionBatcher(model, plugins, path, CliServices.Provider, prompts.Length, backbone);
         if (preload) model.Preload();
         var start = model.Cache.Stats();
         var outputs = prompts.Select(_ => new List<int>()).ToArray();
@@ -332,7 +362,11 @@ internal static class OffloadBenchCommand
         var seconds = sw.Elapsed.TotalSeconds;
         model.Cache.WaitForPrefetches();
         return new RunResult(Minus(model.Cache.Stats(), start), model.Prediction, tokens, seconds, batcher.DistinctExpertsPerLayerCall, outputs,
-            model.PeakDeviceExpertBytes, nonExpertBytes, store.TotalDeviceBytes);
+            model.PeakDeviceExpertBytes, nonExpertBytes, store.TotalDeviceBytes)
+        {
+            PeakDeviceNonExpertBytes = batcher.Backbone.PeakDeviceBytes + routerBytes,
+            ResidentAttentionLayers = backbone.ResidentAttentionLayers > 0 && backbone.ResidentAttentionLayers < store.Spec.Layers ? backbone.ResidentAttentionLayers : store.Spec.Layers,
+        };
     }
 
     private static ExpertCacheStats Minus(ExpertCacheStats a, ExpertCacheStats b) => a with
@@ -347,14 +381,14 @@ internal static class OffloadBenchCommand
         var predictive = policy.StartsWith("predictive", StringComparison.Ordinal);
         return new OffloadRun(workload, fraction, policy, Math.Round(s.HitRatio, 4), Math.Round((double)s.Loads / r.Tokens, 4),
             Math.Round((double)s.DemandLoads / r.Tokens, 4), Math.Round((double)s.BytesRead / r.Tokens, 1),
-            r.NonExpertBytes + r.PeakDeviceExpertBytes,
+            r.PeakDeviceNonExpertBytes + r.PeakDeviceExpertBytes,
             // The replay has experts only: no all-weights figure for it.
-            r.NonExpertBytes > 0 ? Saved(r.NonExpertBytes + r.PeakDeviceExpertBytes, r.NonExpertBytes + r.AllExpertBytes) : null,
+            r.NonExpertBytes > 0 ? Saved(r.PeakDeviceNonExpertBytes + r.PeakDeviceExpertBytes, r.NonExpertBytes + r.AllExpertBytes) : null,
             Saved(r.PeakDeviceExpertBytes, r.AllExpertBytes), r.PeakDeviceExpertBytes, s.PeakResidentBytes, s.PeakResidentExperts,
             Math.Round(r.TokensPerS, 1), Math.Round(residentTokensPerS / Math.Max(r.TokensPerS, 1e-9), 3), Math.Round(s.StallMs / r.Tokens, 3),
             predictive ? Math.Round(r.Prediction.Recall, 4) : null, predictive ? Math.Round(r.Prediction.Precision, 4) : null,
             Math.Round(r.Distinct, 3), r.Tokens,
-            residentOutputs is null ? null : residentOutputs.Zip(r.Outputs).All(p => p.First.SequenceEqual(p.Second)));
+            residentOutputs is null ? null : residentOutputs.Zip(r.Outputs).All(p => p.First.SequenceEqual(p.Second)), r.ResidentAttentionLayers);
     }
 
     // ---------------------------------------------------------------- the Mixtral replay

@@ -26,21 +26,23 @@ public delegate Task<MoeLayerAnswer> MoeLayerCallAsync(int layer, Tensor hidden,
 /// </summary>
 public sealed class DecoderSession : IDisposable
 {
-    public const string BackbonePluginKey = "moegrains.backbone_plugin";
+    public const string BackbonePluginKey = DecoderBackbone.BackbonePluginKey;
 
-    private readonly IExpert _embed;
-    private readonly IExpert[] _attention;
-    private readonly IExpert[] _norms;
-    private readonly IExpert _head;
+    private readonly DecoderBackbone _backbone;
+    private readonly bool _ownsBackbone;
+    private readonly IDisposable?[] _states;
     private readonly MoeLayerCallAsync _moe;
     private readonly IComputeLane _lane;
     private readonly IDisposable? _owned;
 
-    private DecoderSession(ModelSpec spec, IExpert embed, IExpert[] attention, IExpert[] norms, IExpert head, MoeLayerCallAsync moe, IComputeLane lane, IDisposable? owned)
+    private DecoderSession(DecoderBackbone backbone, bool ownsBackbone, MoeLayerCallAsync moe, IComputeLane lane, IDisposable? owned)
     {
-        (Spec, _embed, _attention, _norms, _head, _moe, _lane, _owned) = (spec, embed, attention, norms, head, moe, lane, owned);
-        VocabSize = head.Descriptor.OutputDim;
-        ExpertSlots = new long[attention.Length];
+        (_backbone, _ownsBackbone, _moe, _lane, _owned) = (backbone, ownsBackbone, moe, lane, owned);
+        Spec = backbone.Spec;
+        VocabSize = backbone.VocabSize;
+        ContextLength = backbone.ContextLength;
+        _states = new IDisposable?[Spec.Layers];
+        ExpertSlots = new long[Spec.Layers];
     }
 
     public ModelSpec Spec { get; }
@@ -48,7 +50,10 @@ public sealed class DecoderSession : IDisposable
     public int VocabSize { get; }
 
     /// <summary>Positions the model was trained on (<c>max_position_embeddings</c>): the longest prompt accepted.</summary>
-    public int ContextLength { get; private init; }
+    public int ContextLength { get; }
+
+    /// <summary>The backbone weights this session runs on (its own, or shared with other sessions).</summary>
+    public DecoderBackbone Backbone => _backbone;
 
     /// <summary>Tokens fed so far.</summary>
     public long Position { get; private set; }
@@ -64,65 +69,25 @@ public sealed class DecoderSession : IDisposable
     /// <summary>Called with each block's input (on the lane, before its attention) in <see cref="AppendAsync"/>: a dispatcher's context log.</summary>
     public Action<int, Tensor>? LayerInputs { get; set; }
 
-    /// <summary>Creates the backbone stages from the checkpoint (synchronous: call it on the device lane).</summary>
+    /// <summary>Creates the session with a backbone of its own, loaded from the checkpoint (synchronous: call it on the device lane).</summary>
     public static DecoderSession Create(PluginCatalog plugins, ModelSpec spec, SafeTensorsFile checkpoint, Device device, IServiceProvider services,
         MoeLayerCallAsync moe, IComputeLane? lane = null, IDisposable? owned = null)
     {
-        ArgumentNullException.ThrowIfNull(checkpoint);
-        if (!checkpoint.Metadata.TryGetValue(BackbonePluginKey, out var backbone) || backbone.Length == 0)
+        var backbone = DecoderBackbone.Load(plugins, spec, checkpoint, device, services);
+        return new DecoderSession(backbone, ownsBackbone: true, moe, lane ?? InlineLane.Instance, owned);
+    }
+
+    /// <summary>
+    /// Creates a session on a backbone shared with other sessions (it keeps only its KV caches); the backbone outlives it.
+    /// </summary>
+    public static DecoderSession Create(DecoderBackbone backbone, MoeLayerCallAsync moe, IComputeLane? lane = null, IDisposable? owned = null)
+    {
+        ArgumentNullException.ThrowIfNull(backbone);
+        if (!backbone.Shareable)
         {
-            throw new CheckpointException($"Checkpoint '{checkpoint.Path}' has no '{BackbonePluginKey}': it holds MoE layers only, not a language model.");
+            throw new ArgumentException($"The backbone of model '{backbone.Spec.Name}' cannot be shared: its attention stages keep their KV cache inside ({nameof(ISharedStage)} not implemented).", nameof(backbone));
         }
-        var context = checkpoint.Metadata.TryGetValue("max_position_embeddings", out var c) && int.TryParse(c, out var n) && n > 0
-            ? n : throw new CheckpointException($"Checkpoint '{checkpoint.Path}': metadata 'max_position_embeddings' is missing.");
-        var created = new List<IExpert>();
-        IExpert Stage(string role, int layer, params (string Local, string Name)[] weights)
-        {
-            var loaded = new Dictionary<string, Tensor>(StringComparer.Ordinal);
-            try
-            {
-                foreach (var (local, name) in weights)
-                {
-                    loaded[local] = checkpoint.Load(name, device);
-                }
-                var stage = plugins.Create<IExpert>($"{backbone}-{role}", PluginKind.Expert, new PluginContext
-                {
-                    Id = layer < 0 ? $"{spec.Name}/{role}" : $"{spec.Name}/{layer}/{role}",
-                    Layer = Math.Max(layer, 0),
-                    Device = device,
-                    Settings = checkpoint.Metadata,
-                    Weights = loaded,
-                }, services);
-                created.Add(stage);
-                return stage;
-            }
-            finally
-            {
-                foreach (var t in loaded.Values) t.Dispose();
-            }
-        }
-        (string, string)[] Under(string prefix, params string[] parts) => checkpoint.Tensors.Keys
-            .Where(k => k.StartsWith(prefix, StringComparison.Ordinal) && parts.Any(p => k.AsSpan(prefix.Length).StartsWith(p, StringComparison.Ordinal)))
-            .Select(k => (k[prefix.Length..], k)).ToArray();
-        try
-        {
-            var embed = Stage("embed", -1, ("weight", "model.embed_tokens.weight"));
-            var attention = new IExpert[spec.Layers];
-            var norms = new IExpert[spec.Layers];
-            for (var layer = 0; layer < spec.Layers; layer++)
-            {
-                attention[layer] = Stage("attention", layer, Under($"model.layers.{layer}.", "input_layernorm.", "self_attn."));
-                norms[layer] = Stage("norm", layer, ("weight", $"model.layers.{layer}.post_attention_layernorm.weight"));
-            }
-            var head = Stage("head", -1, ("norm.weight", "model.norm.weight"),
-                ("lm_head.weight", checkpoint.Tensors.ContainsKey("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight"));
-            return new DecoderSession(spec, embed, attention, norms, head, moe, lane ?? InlineLane.Instance, owned) { ContextLength = context };
-        }
-        catch
-        {
-            foreach (var s in created) s.Dispose();
-            throw;
-        }
+        return new DecoderSession(backbone, ownsBackbone: false, moe, lane ?? InlineLane.Instance, owned);
     }
 
     /// <summary>
@@ -197,14 +162,14 @@ public sealed class DecoderSession : IDisposable
             throw new GenerationRequestException($"Token ids must be in 0..{VocabSize - 1}.");
         }
         using var ids = tensor(tokens);
-        return _embed.Forward(ids);
+        return _backbone.Embed(ids);
     }
 
     /// <summary>Block <paramref name="layer"/>'s attention (appending to its KV cache) and its norm: the residual stream and the MoE input.</summary>
     public (Tensor Hidden, Tensor Normed) Attend(int layer, Tensor x)
     {
-        var h = _attention[layer].Forward(x);
-        return (h, _norms[layer].Forward(h));
+        var h = _backbone.Attend(layer, x, ref _states[layer]);
+        return (h, _backbone.Norm(layer, h));
     }
 
     /// <summary>The output head: next-token logits after the last row, or after each row.</summary>
@@ -212,7 +177,7 @@ public sealed class DecoderSession : IDisposable
     {
         using var scope = NewDisposeScope();
         var rows = allPositions ? x : x.narrow(0, x.shape[0] - 1, 1);
-        var flat = _head.Forward(rows).to_type(ScalarType.Float32).cpu().data<float>().ToArray();
+        var flat = _backbone.Head(rows).to_type(ScalarType.Float32).cpu().data<float>().ToArray();
         return flat.Chunk(VocabSize).ToArray();
     }
 
@@ -241,7 +206,7 @@ public sealed class DecoderSession : IDisposable
         var perToken = true;
         try
         {
-            for (var layer = 0; layer < _attention.Length; layer++)
+            for (var layer = 0; layer < Spec.Layers; layer++)
             {
                 var input = x;
                 var (h, normed) = await _lane.RunAsync(() =>
@@ -290,10 +255,9 @@ public sealed class DecoderSession : IDisposable
 
     public void Dispose()
     {
-        _embed.Dispose();
-        foreach (var a in _attention) a.Dispose();
-        foreach (var n in _norms) n.Dispose();
-        _head.Dispose();
+        foreach (var state in _states) state?.Dispose();
+        Array.Clear(_states);
+        if (_ownsBackbone) _backbone.Dispose();
         _owned?.Dispose();
     }
 }

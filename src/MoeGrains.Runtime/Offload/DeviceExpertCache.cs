@@ -85,6 +85,9 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
 
     public ExpertCachePolicy Policy { get; }
 
+    /// <summary>Whether this cache reports to the <c>moegrains.offload.*</c> instruments (the experts' cache does; a cache of other weights does not).</summary>
+    public bool ReportsMetrics { get; init; } = true;
+
     /// <summary>
     /// For <see cref="ExpertCachePolicy.Predictive"/>: the expected number of expert-layer steps until an expert is used
     /// again (smaller is sooner); the expert farthest away is evicted first. Set by the runner as predictions change.
@@ -264,7 +267,7 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
             {
                 _stallMs += ms;
             }
-            MoeGrainsMetrics.OffloadStallMs.Record(ms);
+            if (ReportsMetrics) MoeGrainsMetrics.OffloadStallMs.Record(ms);
         }
     }
 
@@ -327,11 +330,11 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
         if (hit)
         {
             _hits++;
-            MoeGrainsMetrics.OffloadHits.Add(1);
+            if (ReportsMetrics) MoeGrainsMetrics.OffloadHits.Add(1);
         }
         else
         {
-            MoeGrainsMetrics.OffloadMisses.Add(1);
+            if (ReportsMetrics) MoeGrainsMetrics.OffloadMisses.Add(1);
         }
     }
 
@@ -342,8 +345,8 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
         _residentBytes += bytes;
         _peakBytes = Math.Max(_peakBytes, _residentBytes);
         _peakExperts = Math.Max(_peakExperts, _entries.Count);
-        MoeGrainsMetrics.OffloadResidentBytes.Add(bytes);
-        MoeGrainsMetrics.OffloadResidentExperts.Add(1);
+        if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentBytes.Add(bytes);
+        if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentExperts.Add(1);
         return entry;
     }
 
@@ -364,8 +367,8 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
                 entry.Loading = null;
                 _bytesRead += read;
             }
-            MoeGrainsMetrics.OffloadLoads.Add(1);
-            MoeGrainsMetrics.OffloadBytesRead.Add(read);
+            if (ReportsMetrics) MoeGrainsMetrics.OffloadLoads.Add(1);
+            if (ReportsMetrics) MoeGrainsMetrics.OffloadBytesRead.Add(read);
         }
         catch (Exception e)
         {
@@ -376,8 +379,8 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
                 {
                     _entries.Remove(entry.Id);
                     _residentBytes -= entry.Bytes;
-                    MoeGrainsMetrics.OffloadResidentBytes.Add(-entry.Bytes);
-                    MoeGrainsMetrics.OffloadResidentExperts.Add(-1);
+                    if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentBytes.Add(-entry.Bytes);
+                    if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentExperts.Add(-1);
                 }
             }
             throw;
@@ -410,8 +413,8 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
             _entries.Remove(v.Id);
             _residentBytes -= v.Bytes;
             _evictions++;
-            MoeGrainsMetrics.OffloadResidentBytes.Add(-v.Bytes);
-            MoeGrainsMetrics.OffloadResidentExperts.Add(-1);
+            if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentBytes.Add(-v.Bytes);
+            if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentExperts.Add(-1);
             v.Value?.Dispose();
             v.Value = null;
         }
@@ -458,8 +461,8 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
             foreach (var e in _entries.Values)
             {
                 e.Value?.Dispose();
-                MoeGrainsMetrics.OffloadResidentBytes.Add(-e.Bytes);
-                MoeGrainsMetrics.OffloadResidentExperts.Add(-1);
+                if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentBytes.Add(-e.Bytes);
+                if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentExperts.Add(-1);
             }
             _entries.Clear();
             _residentBytes = 0;

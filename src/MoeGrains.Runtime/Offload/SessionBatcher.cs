@@ -12,29 +12,32 @@ namespace MoeGrains.Offload;
 /// <see cref="OffloadedMoeModel"/>: the sessions of a step feed their tokens together, and each layer's call waits until
 /// every session of the step has reached it, then runs their rows as one batch (so the batch's experts are loaded once)
 /// and hands each session its rows back. Which sessions step together is the caller's choice: in request order, or as
-/// <see cref="TokenScheduler"/> groups them.
+/// <see cref="TokenScheduler"/> groups them. The sessions share one <see cref="DecoderBackbone"/> (each keeps its own KV
+/// caches), whose attention weights may be streamed layer by layer (<see cref="BackboneOptions"/>).
 /// </summary>
 public sealed class SessionBatcher : IDisposable
 {
     private readonly OffloadedMoeModel _model;
     private readonly List<DecoderSession> _sessions = [];
+    private readonly DecoderBackbone? _backbone;
     private readonly Dictionary<int, List<(int Slot, Tensor Hidden, TaskCompletionSource<MoeLayerAnswer> Done)>> _pending = [];
     private long[][] _tokens = [];
     private int _expected;
     private Exception? _failed;
     private long _layerCalls, _distinct;
 
-    public SessionBatcher(OffloadedMoeModel model, PluginCatalog plugins, string checkpointPath, IServiceProvider services, int sessions)
+    public SessionBatcher(OffloadedMoeModel model, PluginCatalog plugins, string checkpointPath, IServiceProvider services, int sessions, BackboneOptions? backbone = null)
     {
         _model = model;
         var file = SafeTensorsFile.Open(checkpointPath);
         var spec = ModelSpec.FromCheckpoint(model.Spec.Name, file);
         try
         {
+            _backbone = DecoderBackbone.Load(plugins, spec, file, model.Device, services, backbone);
             for (var i = 0; i < sessions; i++)
             {
                 var slot = i;
-                _sessions.Add(DecoderSession.Create(plugins, spec, file, CPU, services, (layer, hidden, ct) => Arrive(slot, layer, hidden, ct)));
+                _sessions.Add(DecoderSession.Create(_backbone, (layer, hidden, ct) => Arrive(slot, layer, hidden, ct)));
             }
         }
         catch
@@ -46,6 +49,9 @@ public sealed class SessionBatcher : IDisposable
     }
 
     public IReadOnlyList<DecoderSession> Sessions => _sessions;
+
+    /// <summary>The backbone weights all the sessions share.</summary>
+    public DecoderBackbone Backbone => _backbone ?? throw new ObjectDisposedException(nameof(SessionBatcher));
 
     /// <summary>Mean distinct experts per layer call so far (what token scheduling lowers).</summary>
     public double DistinctExpertsPerLayerCall => _layerCalls == 0 ? 0 : (double)_distinct / _layerCalls;
@@ -155,5 +161,6 @@ public sealed class SessionBatcher : IDisposable
     {
         foreach (var s in _sessions) s.Dispose();
         _sessions.Clear();
+        _backbone?.Dispose();
     }
 }
