@@ -30,8 +30,9 @@ public sealed record BackboneStreamingStats(long Accesses, long Hits, long Loads
 /// own KV caches; otherwise it serves the one session it was made for. With
 /// <see cref="BackboneOptions.ResidentAttentionLayers"/> below the block count, attention weights are streamed layer by
 /// layer from host memory. Device bytes of the weights are counted (<see cref="DeviceBytes"/>,
-/// <see cref="PeakDeviceBytes"/>). Its stages run on the threads of the sessions that use it: the streaming cache pins a
-/// block's stage while it computes.
+/// <see cref="PeakDeviceBytes"/>). Sessions may call it from several threads: it runs one stage call at a time (its
+/// modules are shared; on a silo the device lane orders the calls anyway), and the streaming cache pins a block's stage
+/// while it computes.
 /// </summary>
 public sealed class DecoderBackbone : IDisposable
 {
@@ -51,6 +52,7 @@ public sealed class DecoderBackbone : IDisposable
     private readonly long[] _attentionBytes;
     private long _deviceBytes, _peakDeviceBytes;
     private int _lastLayer;
+    private readonly Lock _compute = new();
 
     private DecoderBackbone(PluginCatalog plugins, ModelSpec spec, SafeTensorsFile checkpoint, Device device, IServiceProvider services, BackboneOptions options)
     {
@@ -165,13 +167,21 @@ public sealed class DecoderBackbone : IDisposable
     public BackboneStreamingStats? Streaming => _streamed?.Stats() is { } s
         ? new BackboneStreamingStats(s.Accesses, s.Hits, s.Loads, s.BytesRead, s.PeakResidentExperts) : null;
 
-    public Tensor Embed(Tensor ids) => _embed.Forward(ids);
+    public Tensor Embed(Tensor ids)
+    {
+        lock (_compute) return _embed.Forward(ids);
+    }
 
     /// <summary>
     /// Block <paramref name="layer"/>'s attention for the session whose state of that block is <paramref name="state"/>
     /// (made here on its first use when the stage is an <see cref="ISharedStage"/>; null for stages that keep it themselves).
     /// </summary>
     public Tensor Attend(int layer, Tensor x, ref IDisposable? state)
+    {
+        lock (_compute) return AttendAlone(layer, x, ref state);
+    }
+
+    private Tensor AttendAlone(int layer, Tensor x, ref IDisposable? state)
     {
         Volatile.Write(ref _lastLayer, layer);
         if (_streamed is null)
@@ -190,9 +200,15 @@ public sealed class DecoderBackbone : IDisposable
         return streamed.Forward(x, state);
     }
 
-    public Tensor Norm(int layer, Tensor h) => _norms[layer].Forward(h);
+    public Tensor Norm(int layer, Tensor h)
+    {
+        lock (_compute) return _norms[layer].Forward(h);
+    }
 
-    public Tensor Head(Tensor rows) => _head.Forward(rows);
+    public Tensor Head(Tensor rows)
+    {
+        lock (_compute) return _head.Forward(rows);
+    }
 
     // Sessions that reach a block together share its lease: the first makes the stage, the others wait for it.
     private IExpert Materialise(OffloadedMoeModel.ResidentExpert resident, int layer)
