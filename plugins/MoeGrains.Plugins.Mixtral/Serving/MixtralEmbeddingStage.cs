@@ -26,13 +26,15 @@ public sealed class MixtralEmbeddingStage : IExpert
     public Tensor Forward(Tensor hiddenStates)
     {
         using var _ = no_grad();
+        // The scope holds the temporaries (a chained call's intermediate left to the finalizer can be freed mid-call).
+        using var scope = NewDisposeScope();
         var vocab = embed_tokens.weight!.shape[0];
-        using var ids = hiddenStates.to_type(ScalarType.Int64).reshape(-1);
+        var ids = hiddenStates.to_type(ScalarType.Int64).reshape(-1);
         if (ids.numel() > 0 && (ids.min().item<long>() < 0 || ids.max().item<long>() >= vocab))
         {
             throw new ArgumentOutOfRangeException(nameof(hiddenStates), $"Token ids must be in 0..{vocab - 1}.");
         }
-        return embed_tokens.forward(ids);
+        return embed_tokens.forward(ids).MoveToOuterDisposeScope();
     }
 
     public void Dispose() => embed_tokens.Dispose();

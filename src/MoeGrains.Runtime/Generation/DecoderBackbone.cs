@@ -169,7 +169,16 @@ public sealed class DecoderBackbone : IDisposable
 
     public Tensor Embed(Tensor ids)
     {
-        lock (_compute) return _embed.Forward(ids);
+        lock (_compute) return Scoped(() => _embed.Forward(ids));
+    }
+
+    // A stage call inside a dispose scope: every temporary it makes is held (not left to the finalizer thread, which can
+    // free one while libtorch still reads it: a chained call's intermediate is unreachable once its handle is passed on)
+    // and freed when the call ends; the result is handed out.
+    private static Tensor Scoped(Func<Tensor> call)
+    {
+        using var scope = NewDisposeScope();
+        return call().MoveToOuterDisposeScope();
     }
 
     /// <summary>
@@ -178,36 +187,41 @@ public sealed class DecoderBackbone : IDisposable
     /// </summary>
     public Tensor Attend(int layer, Tensor x, ref IDisposable? state)
     {
-        lock (_compute) return AttendAlone(layer, x, ref state);
+        lock (_compute)
+        {
+            Volatile.Write(ref _lastLayer, layer);
+            if (_streamed is null)
+            {
+                var stage = _attention[layer]!;
+                if (stage is not ISharedStage resident)
+                {
+                    return Scoped(() => stage.Forward(x));
+                }
+                state ??= resident.CreateState();
+                return Forward(resident, x, state);
+            }
+            // The stage is made (outside any dispose scope: its modules keep their parameters) and pinned while it computes.
+            using var lease = _streamed.Acquire(new ExpertId(layer, 0, "attention"));
+            var streamed = (ISharedStage)Materialise(lease.Value, layer);
+            state ??= streamed.CreateState();
+            return Forward(streamed, x, state);
+        }
     }
 
-    private Tensor AttendAlone(int layer, Tensor x, ref IDisposable? state)
+    private static Tensor Forward(ISharedStage stage, Tensor x, IDisposable state)
     {
-        Volatile.Write(ref _lastLayer, layer);
-        if (_streamed is null)
-        {
-            var stage = _attention[layer]!;
-            if (stage is not ISharedStage resident)
-            {
-                return stage.Forward(x);
-            }
-            state ??= resident.CreateState();
-            return resident.Forward(x, state);
-        }
-        using var lease = _streamed.Acquire(new ExpertId(layer, 0, "attention"));
-        var streamed = (ISharedStage)Materialise(lease.Value, layer);
-        state ??= streamed.CreateState();
-        return streamed.Forward(x, state);
+        using var scope = NewDisposeScope();
+        return stage.Forward(x, state).MoveToOuterDisposeScope();
     }
 
     public Tensor Norm(int layer, Tensor h)
     {
-        lock (_compute) return _norms[layer].Forward(h);
+        lock (_compute) return Scoped(() => _norms[layer].Forward(h));
     }
 
     public Tensor Head(Tensor rows)
     {
-        lock (_compute) return _head.Forward(rows);
+        lock (_compute) return Scoped(() => _head.Forward(rows));
     }
 
     // Sessions that reach a block together share its lease: the first makes the stage, the others wait for it.

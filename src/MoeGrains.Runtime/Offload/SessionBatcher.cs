@@ -140,7 +140,8 @@ public sealed class SessionBatcher : IDisposable
             foreach (var m in members)
             {
                 var rows = m.Hidden.shape[0];
-                answers.Add((m.Done, new MoeLayerAnswer(output.Output.narrow(0, offset, rows).clone(), (int)(rows * _model.Spec.TopK))));
+                using var view = output.Output.narrow(0, offset, rows);
+                answers.Add((m.Done, new MoeLayerAnswer(view.clone(), (int)(rows * _model.Spec.TopK))));
                 offset += rows;
             }
             foreach (var (done, answer) in answers)
