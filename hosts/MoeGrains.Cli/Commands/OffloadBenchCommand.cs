@@ -30,7 +30,7 @@ internal static class OffloadBenchCommand
         string Workload, double BudgetFraction, string Policy, double HitRatio, double LoadsPerToken, double DemandLoadsPerToken,
         double BytesPerToken, long PeakDeviceBytes, double? MemorySaved, double ExpertMemorySaved, long PeakDeviceExpertBytes, long PeakCacheBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
         double StallMsPerToken, double? PredictionRecall, double? PredictionPrecision, double DistinctExpertsPerBatchLayer,
-        long Tokens, bool? IdenticalToResident, int? ResidentAttentionLayers);
+        long Tokens, bool? IdenticalToResident, int? ResidentAttentionLayers, double? AttentionBytesPerToken);
 
     internal sealed record OffloadReport(
         string Benchmark, object Model, object Mixtral, long AllExpertsBytes, long NonExpertBytes, bool? GreedyIdenticalAt25,
@@ -325,6 +325,9 @@ internal static class OffloadBenchCommand
         public long PeakDeviceNonExpertBytes { get; init; }
 
         public int? ResidentAttentionLayers { get; init; }
+
+        /// <summary>Attention weight bytes copied to the device by layer-wise streaming (null: attention resident or none).</summary>
+        public long? AttentionBytesCopied { get; init; }
     }
 
     private static async Task<RunResult> RunModel(PluginCatalog plugins, ExpertWeightStore store, string path, long nonExpertBytes, long routerBytes, RoutingPathPredictor predictor, OffloadOptions options, BackboneOptions backbone,
@@ -365,6 +368,7 @@ internal static class OffloadBenchCommand
             model.PeakDeviceExpertBytes, nonExpertBytes, store.TotalDeviceBytes)
         {
             PeakDeviceNonExpertBytes = batcher.Backbone.PeakDeviceBytes + routerBytes,
+            AttentionBytesCopied = batcher.Backbone.Streaming?.BytesCopied,
             ResidentAttentionLayers = backbone.ResidentAttentionLayers > 0 && backbone.ResidentAttentionLayers < store.Spec.Layers ? backbone.ResidentAttentionLayers : store.Spec.Layers,
         };
     }
@@ -388,7 +392,8 @@ internal static class OffloadBenchCommand
             Math.Round(r.TokensPerS, 1), Math.Round(residentTokensPerS / Math.Max(r.TokensPerS, 1e-9), 3), Math.Round(s.StallMs / r.Tokens, 3),
             predictive ? Math.Round(r.Prediction.Recall, 4) : null, predictive ? Math.Round(r.Prediction.Precision, 4) : null,
             Math.Round(r.Distinct, 3), r.Tokens,
-            residentOutputs is null ? null : residentOutputs.Zip(r.Outputs).All(p => p.First.SequenceEqual(p.Second)), r.ResidentAttentionLayers);
+            residentOutputs is null ? null : residentOutputs.Zip(r.Outputs).All(p => p.First.SequenceEqual(p.Second)), r.ResidentAttentionLayers,
+            r.AttentionBytesCopied is { } copied ? Math.Round((double)copied / r.Tokens, 1) : null);
     }
 
     // ---------------------------------------------------------------- the Mixtral replay
