@@ -58,6 +58,10 @@ internal sealed class MoeLayerGrain(
         {
             throw new TensorValidationException($"{ids.Length} token ids for {hidden.Shape[0]} rows of hidden states.");
         }
+        if (request.Vocabulary is { } vocabulary && vocabulary.Length != hidden.Shape[0])
+        {
+            throw new TensorValidationException($"Vocabulary: {vocabulary.Length} vocabulary token ids for {hidden.Shape[0]} rows of hidden states.");
+        }
         var blocked = breakers.Blocked(model, layer, spec.Experts);
         var masked = (request.MaskedExperts ?? []).Concat(blocked).ToArray();
         DeviceLane.CurrentTicket(); // oldest request first on every device this request reaches
@@ -79,7 +83,7 @@ internal sealed class MoeLayerGrain(
         }
         var routing = await GrainFactory.GetGrain<IRouterGrain>(this.GetPrimaryKeyString())
             .Route(hidden, masked.Length == 0 ? null : [.. available.AsList()], request.Router);
-        if (traces is not null && request.TokenIds is { } tokenIds && traces.Record(model, layer, tokenIds, routing) is { } sampled)
+        if (traces is not null && request.TokenIds is { } tokenIds && traces.Record(model, layer, tokenIds, routing, request.Vocabulary) is { } sampled)
         {
             await traces.PublishAsync(ServiceProvider, sampled);
         }
