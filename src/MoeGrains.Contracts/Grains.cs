@@ -13,7 +13,26 @@ public interface IExpertGrain : IGrainWithStringKey
 
     [Alias("describe")]
     Task<ExpertInfo> Describe();
+
+    /// <summary>
+    /// A hint that this expert is likely to be needed soon (the previous layer has routed): with a device budget and the
+    /// predictive policy (<c>MoeGrains:Offload</c>), the silo's expert cache starts reading its weights into host memory
+    /// in the background, if the policy judges it worth what it would evict. Computes nothing, changes no result; ignored
+    /// where offloading is off. One-way.
+    /// </summary>
+    [Orleans.Concurrency.OneWay, Alias("prefetch")]
+    Task Prefetch(ExpertPrefetchHint hint);
 }
+
+/// <summary>
+/// Why an expert is prefetched: the predicted probability that the coming layer step uses it, and the experts of the
+/// layer step running now (<see cref="RunningLayer"/>), which the cache must not evict for it.
+/// </summary>
+[GenerateSerializer, Immutable, Alias("moegrains.ExpertPrefetchHint")]
+public sealed record ExpertPrefetchHint(
+    [property: Id(0)] double Probability,
+    [property: Id(1)] int RunningLayer,
+    [property: Id(2)] int[] RunningExperts);
 
 /// <summary>
 /// The router of one layer, as a stateless worker (a local activation on every silo that routes). Key: <c>model/layer</c>.

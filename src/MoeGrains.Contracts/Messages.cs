@@ -49,6 +49,12 @@ public sealed record MoeLayerRequest(
     /// (routing traces) when given.
     /// </summary>
     [Id(5)] public long[]? TokenIds { get; init; }
+
+    /// <summary>
+    /// The rows' token ids in the model's vocabulary (one per row), or null: recorded with the sampled routes (routing
+    /// traces) for routing-path predictors, and used by a silo that prefetches experts (<c>MoeGrains:Offload</c>).
+    /// </summary>
+    [Id(6)] public long[]? Vocabulary { get; init; }
 }
 
 /// <summary>A layer's output and what it cost: per-expert placement and timings, messages and bytes between silos.</summary>

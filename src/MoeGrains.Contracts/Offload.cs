@@ -23,6 +23,24 @@ public sealed record OffloadCacheReport(
     [property: Id(14)] double StallMs)
 {
     public double HitRatio => Accesses == 0 ? 0 : (double)Hits / Accesses;
+
+    /// <summary>Prefetch hints this silo's layer grains sent to the next layer's expert grains (predictive policy with a predictor).</summary>
+    [Id(15)] public long PrefetchHintsSent { get; init; }
+
+    /// <summary>Prefetch hints this silo's expert grains received.</summary>
+    [Id(16)] public long PrefetchHintsReceived { get; init; }
+
+    /// <summary>Experts the cache started reading because of a hint (the others were resident, in flight, or not worth an eviction).</summary>
+    [Id(17)] public long Prefetches { get; init; }
+
+    /// <summary>Prefetched experts that a computation then used (each counts once, as a hit).</summary>
+    [Id(18)] public long PrefetchesUsed { get; init; }
+
+    /// <summary>Loads made because a computation needed an expert that was not resident (stalls).</summary>
+    [Id(19)] public long DemandLoads { get; init; }
+
+    /// <summary>Routing paths behind this silo's routing-path predictors (all models), 0 when it has none.</summary>
+    [Id(20)] public long PredictorPaths { get; init; }
 }
 
 /// <summary>One silo's expert-cache figures. Key: the silo's address (a grain's <c>RuntimeIdentity</c>), placed on that silo.</summary>

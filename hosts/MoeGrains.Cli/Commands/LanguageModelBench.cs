@@ -50,9 +50,11 @@ internal static class LanguageModelBench
 
     /// <summary>
     /// A local cluster of <paramref name="silos"/> silos serving the checkpoint as <c>lm</c> with routing traces at
-    /// <paramref name="samplingRate"/> (started once every silo is an active member).
+    /// <paramref name="samplingRate"/> (started once every silo is an active member); each recorder and the collector keep
+    /// at most <paramref name="maxTokens"/> tokens.
     /// </summary>
-    public static async Task<LocalCluster> StartTracedClusterAsync(int silos, string weightsPath, double samplingRate, CancellationToken ct)
+    public static async Task<LocalCluster> StartTracedClusterAsync(int silos, string weightsPath, double samplingRate, CancellationToken ct,
+        int maxTokens = RoutingTraceRecorder.DEFAULT_MAX_TOKENS)
     {
         var cluster = await LocalCluster.StartAsync(silos, (_, silo) => silo
             .AddMoeGrains(o =>
@@ -62,7 +64,11 @@ internal static class LanguageModelBench
                 o.Models["lm"] = weightsPath;
                 o.ExpertTimeoutMs = 120_000;
             })
-            .AddRoutingTraces(o => o.SamplingRate = samplingRate), cancellationToken: ct);
+            .AddRoutingTraces(o =>
+            {
+                o.SamplingRate = samplingRate;
+                o.MaxTokens = maxTokens;
+            }), cancellationToken: ct);
         return cluster;
     }
 

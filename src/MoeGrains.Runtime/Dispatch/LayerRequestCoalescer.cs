@@ -155,7 +155,8 @@ public sealed class LayerRequestCoalescer
             }
             var first = batch[0].Request;
             var tokenIds = first.TokenIds is null ? null : batch.SelectMany(w => w.Request.TokenIds ?? []).ToArray();
-            merged = await pass(first with { Hidden = hidden, TokenIds = tokenIds }, CancellationToken.None).ConfigureAwait(true);
+            var vocabulary = first.Vocabulary is null ? null : batch.SelectMany(w => w.Request.Vocabulary ?? []).ToArray();
+            merged = await pass(first with { Hidden = hidden, TokenIds = tokenIds, Vocabulary = vocabulary }, CancellationToken.None).ConfigureAwait(true);
         }
         catch (Exception)
         {
@@ -202,6 +203,6 @@ public sealed class LayerRequestCoalescer
     /// <summary>What must agree for two requests to share a pass; null when a request is never merged.</summary>
     private static string? MergeKey(string layer, MoeLayerRequest r) =>
         r.Hidden.DType is TensorDType.Float32 or TensorDType.Float16 or TensorDType.BFloat16 && r.Hidden.Shape.Count == 2
-            ? $"{layer}|{r.Router}|{r.KMin}|{r.ExpertTimeoutMs}|{(r.MaskedExperts is null ? "" : string.Join(',', r.MaskedExperts))}|{r.Hidden.DType}|{r.Hidden.Shape[1]}|{r.TokenIds is not null}"
+            ? $"{layer}|{r.Router}|{r.KMin}|{r.ExpertTimeoutMs}|{(r.MaskedExperts is null ? "" : string.Join(',', r.MaskedExperts))}|{r.Hidden.DType}|{r.Hidden.Shape[1]}|{r.TokenIds is not null}|{r.Vocabulary is not null}"
             : null;
 }

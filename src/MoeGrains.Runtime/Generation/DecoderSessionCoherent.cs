@@ -70,7 +70,11 @@ public sealed record CoherentToken(
     [property: Id(10)] long Bytes,
     [property: Id(11)] long[] ExpertSlots,
     [property: Id(12)] Dictionary<string, long[]> Have,
-    [property: Id(13)] string? Error);
+    [property: Id(13)] string? Error)
+{
+    /// <summary>The token's id in the model's vocabulary (-1: unknown), recorded with its routes for routing-path predictors.</summary>
+    [Id(14)] public long Vocabulary { get; init; } = -1;
+}
 
 /// <summary>Where experts run, as last seen by this silo (asked once, corrected by every answer).</summary>
 public sealed class ExpertLocations
@@ -171,7 +175,7 @@ internal sealed class CoherentReplica(string model, ModelCatalog models, PluginC
                 }, cancellationToken);
                 Have[layer]++;
                 var routing = await grains.GetGrain<IRouterGrain>(ExpertKey.Layer(model, layer)).Route(nw, null, t.Router);
-                if (traces?.Record(model, layer, [RoutingTraces.TokenId(t.Session, t.Position)], routing) is { } sampled)
+                if (traces?.Record(model, layer, [RoutingTraces.TokenId(t.Session, t.Position)], routing, t.Vocabulary >= 0 ? [t.Vocabulary] : null) is { } sampled)
                 {
                     // Published like the default path's layer grain does, so the collector sees coherent sessions too.
                     await traces.PublishAsync(services, sampled);
@@ -287,6 +291,7 @@ internal sealed class CoherentDecoderSessionGrain(CoherentReplicaFactory factory
     private TaskCompletionSource<(CoherentToken Token, float[] Logits)>? _pending;
     private long _messages, _bytes;
     private int _silos = 1;
+    private long[]? _fed; // the prompt being fed (vocabulary ids), sent with its rows to the layers
 
     public async Task<DecoderStep> Append(long[] tokens, string? router, CancellationToken cancellationToken)
     {
@@ -318,8 +323,10 @@ internal sealed class CoherentDecoderSessionGrain(CoherentReplicaFactory factory
         {
             var start = _replica.Session?.Position ?? 0;
             var ids = Enumerable.Range(0, (int)hidden.shape[0]).Select(i => RoutingTraces.TokenId(key, start + i)).ToArray();
+            var vocabulary = _fed is { } fed && fed.Length == ids.Length ? fed : null;
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(hidden, TensorDType.Float32, factory.Wire.Value.MaxTensorBytes), ct);
-            var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer)).Forward(new MoeLayerRequest(payload) { Router = router, TokenIds = ids }, ct);
+            var result = await GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer(model, layer))
+                .Forward(new MoeLayerRequest(payload) { Router = router, TokenIds = ids, Vocabulary = vocabulary }, ct);
             _messages += 2L * result.Calls.Count(c => c.Silo != here);
             _bytes += result.CrossSiloBytes;
             return new MoeLayerAnswer(await lane.RunAsync(() => result.Output.ToTensor(factory.Device.Device), ct), result.Calls.Sum(c => c.Tokens));
@@ -340,6 +347,7 @@ internal sealed class CoherentDecoderSessionGrain(CoherentReplicaFactory factory
             var position = session.Position;
             var inputs = new List<ContextEntry>();
             session.LayerInputs = (layer, x) => inputs.Add(new ContextEntry(layer, position, WireTensor.FromTensor(x, TensorDType.Float32, factory.Wire.Value.MaxTensorBytes)));
+            _fed = tokens;
             try
             {
                 logits = await session.AppendAsync(tokens, cancellationToken);
@@ -347,6 +355,7 @@ internal sealed class CoherentDecoderSessionGrain(CoherentReplicaFactory factory
             finally
             {
                 session.LayerInputs = null;
+                _fed = null;
             }
             _log.AddRange(inputs);
             for (var l = 0; l < _replica.Have.Length; l++) _replica.Have[l] += tokens.Length;
@@ -360,7 +369,10 @@ internal sealed class CoherentDecoderSessionGrain(CoherentReplicaFactory factory
                 return WireTensor.FromTensor(session.Embed(tokens), TensorDType.Float32, factory.Wire.Value.MaxTensorBytes);
             }, cancellationToken);
             var token = new CoherentToken(key, position, 0, x, null, null, Backlog(session.Spec.Layers, here), [], router, 0, 0,
-                new long[session.Spec.Layers], new Dictionary<string, long[]>(StringComparer.Ordinal) { ["home:" + here] = [] }, null);
+                new long[session.Spec.Layers], new Dictionary<string, long[]>(StringComparer.Ordinal) { ["home:" + here] = [] }, null)
+            {
+                Vocabulary = tokens.Length == 1 ? tokens[0] : -1,
+            };
             _pending = new TaskCompletionSource<(CoherentToken, float[])>(TaskCreationOptions.RunContinuationsAsynchronously);
             var pending = _pending;
             try

@@ -31,6 +31,10 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
 
     private long _messages, _bytes;
 
+    // The tokens being fed (vocabulary ids): each MoE layer step of that feed has one hidden row per token, and sends
+    // them with the rows (MoeLayerRequest.Vocabulary) for routing traces and expert prefetch.
+    private long[]? _fed;
+
     public async Task<DecoderStep> Append(long[] tokens, string? router, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(tokens);
@@ -54,7 +58,16 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
         {
             throw new GenerationRequestException($"The prompt has {tokens.Length} tokens; the model's context holds {session.ContextLength}.");
         }
-        var logits = await session.AppendAsync(tokens, cancellationToken);
+        _fed = tokens;
+        float[] logits;
+        try
+        {
+            logits = await session.AppendAsync(tokens, cancellationToken);
+        }
+        finally
+        {
+            _fed = null;
+        }
         return new DecoderStep(logits, session.Position, RuntimeIdentity)
         {
             ExpertSlots = [.. session.ExpertSlots],
@@ -92,6 +105,12 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             var weak = _weak = await Start(contrast.WeakRouter, "#weak", cancellationToken);
             step = contrast.Step(session.AppendAsync, weak.AppendAsync);
         }
+        var feed = step;
+        step = (tokens, ct) =>
+        {
+            _fed = tokens; // both passes of SCMoE feed the same tokens
+            return feed(tokens, ct);
+        };
         GenerationRequestValidator.CheckPromptTokens(prompt.Length, session.ContextLength);
         if (prompt.Any(t => t < 0 || t >= session.VocabSize))
         {
@@ -200,7 +219,8 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(hidden, TensorDType.Float32, wire.Value.MaxTensorBytes), ct);
             var start = created?.Position ?? 0;
             var ids = Enumerable.Range(0, (int)hidden.shape[0]).Select(i => RoutingTraces.TokenId(key, start + i)).ToArray();
-            var request = new MoeLayerRequest(payload) { Router = router, TokenIds = ids };
+            var vocabulary = _fed is { } fed && fed.Length == ids.Length ? fed : null;
+            var request = new MoeLayerRequest(payload) { Router = router, TokenIds = ids, Vocabulary = vocabulary };
             MoeLayerResult result;
             while (true)
             {

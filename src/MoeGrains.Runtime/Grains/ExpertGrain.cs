@@ -240,6 +240,18 @@ internal sealed partial class ExpertGrain(
         });
     }
 
+    public Task Prefetch(ExpertPrefetchHint hint)
+    {
+        if (hint is not null && offload.PrefetchEnabled)
+        {
+            // Off this grain's turn: the cache only reserves room and starts a background read of host weights (no tensor
+            // is made here, the device lane is not used).
+            var key = this.GetPrimaryKeyString();
+            _ = Task.Run(() => offload.Prefetch(key, hint));
+        }
+        return Task.CompletedTask;
+    }
+
     public override Task OnDeactivateAsync(DeactivationReason reason, CancellationToken cancellationToken)
     {
         var expert = _expert;

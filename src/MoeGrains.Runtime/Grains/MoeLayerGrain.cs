@@ -23,7 +23,7 @@ namespace MoeGrains.Grains;
 [Reentrant]
 internal sealed class MoeLayerGrain(
     ModelCatalog models, SiloDevice device, ExpertCircuitBreakers breakers, IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire,
-    LayerRequestCoalescer coalescer, RoutingTraceSink? traces = null, ExpertPlacementPlans? plans = null)
+    LayerRequestCoalescer coalescer, Offload.SiloExpertCache offload, RoutingTraceSink? traces = null, ExpertPlacementPlans? plans = null)
     : Grain, IMoeLayerGrain
 {
     // Per layer (a counter shared by all layers would advance by the layer count per decoded token and keep sending a
@@ -58,6 +58,10 @@ internal sealed class MoeLayerGrain(
         {
             throw new TensorValidationException($"{ids.Length} token ids for {hidden.Shape[0]} rows of hidden states.");
         }
+        if (request.Vocabulary is { } vocabulary && vocabulary.Length != hidden.Shape[0])
+        {
+            throw new TensorValidationException($"Vocabulary: {vocabulary.Length} vocabulary token ids for {hidden.Shape[0]} rows of hidden states.");
+        }
         var blocked = breakers.Blocked(model, layer, spec.Experts);
         var masked = (request.MaskedExperts ?? []).Concat(blocked).ToArray();
         DeviceLane.CurrentTicket(); // oldest request first on every device this request reaches
@@ -79,9 +83,13 @@ internal sealed class MoeLayerGrain(
         }
         var routing = await GrainFactory.GetGrain<IRouterGrain>(this.GetPrimaryKeyString())
             .Route(hidden, masked.Length == 0 ? null : [.. available.AsList()], request.Router);
-        if (traces is not null && request.TokenIds is { } tokenIds && traces.Record(model, layer, tokenIds, routing) is { } sampled)
+        if (traces is not null && request.TokenIds is { } tokenIds && traces.Record(model, layer, tokenIds, routing, request.Vocabulary) is { } sampled)
         {
             await traces.PublishAsync(ServiceProvider, sampled);
+        }
+        if (offload.PrefetchEnabled && layer + 1 < spec.Layers)
+        {
+            HintNextLayer(model, layer, routing, request.Vocabulary);
         }
         var wireType = hidden.DType == TensorDType.Int8 ? wire.Value.HiddenDType : hidden.DType;
         var timeout = TimeSpan.FromMilliseconds(request.ExpertTimeoutMs > 0 ? request.ExpertTimeoutMs : options.Value.ExpertTimeoutMs);
@@ -127,5 +135,43 @@ internal sealed class MoeLayerGrain(
 
         var output = await lane.RunAsync(() => WireTensor.FromTensor(result.Output, hidden.DType == TensorDType.Int8 ? TensorDType.Float32 : hidden.DType, wire.Value.MaxTensorBytes));
         return new MoeLayerResult(output, result.Calls, here, result.CrossSiloBytes, result.Calls.Length, result.FailedExperts) { BlockedExperts = [.. blocked] };
+    }
+
+    // Expert prefetch (predictive policy with a routing-path predictor for the model): the next layer's likely experts, as
+    // many as the budget holds beside this step's own, get a one-way hint at each of their replicas, so their silos read
+    // them while this layer computes. Hints change no result; one that cannot be sent is dropped.
+    private void HintNextLayer(string model, int layer, RoutingResult routing, long[]? vocabulary)
+    {
+        try
+        {
+            if (offload.Predictors?.Get(model) is not { } predictor)
+            {
+                return;
+            }
+            var needed = routing.Experts.Where(e => e >= 0).Distinct().Order().ToArray();
+            var chosen = Offload.SiloRoutePredictors.NextLayer(predictor, layer, routing, vocabulary, offload.PrefetchThreshold,
+                offload.PrefetchRoom(model, layer, needed));
+            if (chosen.Length == 0)
+            {
+                return;
+            }
+            var replicas = plans?.ReplicaCounts(model, layer + 1);
+            var sent = 0;
+            foreach (var (e, p) in chosen)
+            {
+                var hint = new ExpertPrefetchHint(p, layer, needed);
+                var count = replicas is not null && e < replicas.Count ? Math.Max(1, replicas[e]) : 1;
+                for (var r = 0; r < count; r++)
+                {
+                    _ = GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Replica(model, layer + 1, e, r)).Prefetch(hint);
+                    sent++;
+                }
+            }
+            offload.CountHintsSent(sent);
+        }
+        catch (Exception e) when (e is MoeGrainsException or ArgumentException or InvalidOperationException or IOException)
+        {
+            // A predictor that does not fit, a store that cannot be read: no prefetch for this step.
+        }
     }
 }

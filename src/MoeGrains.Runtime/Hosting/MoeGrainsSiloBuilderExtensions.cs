@@ -37,6 +37,7 @@ public static class MoeGrainsSiloBuilderExtensions
         builder.Services.TryAddSingleton(TimeProvider.System);
         builder.Services.TryAddSingleton<Reliability.ExpertCircuitBreakers>();
         builder.Services.TryAddSingleton<Offload.SiloExpertCache>();
+        builder.Services.TryAddSingleton<Offload.SiloRoutePredictors>();
         builder.Services.TryAddSingleton(sp =>
         {
             var o = sp.GetRequiredService<IOptions<MoeGrainsOptions>>().Value;
@@ -135,6 +136,30 @@ internal sealed class MoeGrainsOptionsValidator : IValidateOptions<MoeGrainsOpti
         if (o.NativeHeapArenas is < 0 or > 1024) errors.Add($"MoeGrains:NativeHeapArenas must be 0..1024, got {o.NativeHeapArenas}.");
         if (o.DeviceMemoryBudgetBytes < 0) errors.Add("MoeGrains:DeviceMemoryBudgetBytes must not be negative.");
         errors.AddRange(o.Offload.Errors());
+        foreach (var (model, routes) in o.Offload.Predictors)
+        {
+            if (!o.Models.TryGetValue(model, out var checkpoint))
+            {
+                errors.Add($"MoeGrains:Offload:Predictors:{model}: model '{model}' is not served (MoeGrains:Models).");
+            }
+            else if (File.Exists(routes) && File.Exists(ModelCatalog.CheckpointFile(checkpoint)))
+            {
+                // The routes must fit the model: parsed now, so a bad file stops the silo instead of silently disabling prefetch.
+                try
+                {
+                    var spec = ModelSpec.FromCheckpoint(model, Checkpoints.SafeTensorsFile.Open(ModelCatalog.CheckpointFile(checkpoint)));
+                    Offload.SiloRoutePredictors.Load(model, routes, spec);
+                }
+                catch (ArgumentException e)
+                {
+                    errors.Add(e.Message);
+                }
+                catch (Exception e) when (e is MoeGrainsException or IOException or InvalidDataException)
+                {
+                    errors.Add($"MoeGrains:Offload:Predictors:{model}: the checkpoint of model '{model}' cannot be read to check the routes: {e.Message}");
+                }
+            }
+        }
         var device = o.Device.Trim().ToLowerInvariant();
         if (device is not ("auto" or "cpu") && !System.Text.RegularExpressions.Regex.IsMatch(device, "^cuda(:[0-9]+)?$"))
             errors.Add($"MoeGrains:Device must be auto, cpu or cuda:N, got '{o.Device}'.");

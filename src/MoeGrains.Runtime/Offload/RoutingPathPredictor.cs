@@ -42,6 +42,15 @@ public sealed class RoutingPathPredictor
     /// <summary>Paths counted so far.</summary>
     public long Observed { get; private set; }
 
+    /// <summary>Traced tokens left out by <see cref="FromTokenRoutes"/> because their route missed a layer.</summary>
+    public long Skipped { get; private set; }
+
+    /// <summary>Counted paths whose token's vocabulary id was known (the per-token tables' evidence).</summary>
+    public long ObservedWithToken { get; private set; }
+
+    /// <summary>Distinct token ids with their own table.</summary>
+    public int TokensKnown => _byToken.Count;
+
     /// <summary>Counts one token's path (every layer's experts, and each pair of experts in consecutive layers).</summary>
     public void Observe(RoutePath path)
     {
@@ -73,6 +82,7 @@ public sealed class RoutingPathPredictor
             }
         }
         Observed++;
+        if (own is not null) ObservedWithToken++;
     }
 
     private void Check(int e)
@@ -87,6 +97,45 @@ public sealed class RoutingPathPredictor
     {
         var predictor = new RoutingPathPredictor(layers, experts, topK);
         foreach (var p in paths) predictor.Observe(p);
+        return predictor;
+    }
+
+    /// <summary>
+    /// A predictor from per-token routes (the cluster's routing traces, <see cref="TokenRouteFile"/>): each token traced at
+    /// every layer <c>0..layers-1</c> becomes a <see cref="RoutePath"/> of its vocabulary id (<see cref="TokenRoute.Vocabulary"/>,
+    /// -1 when unknown) and its experts per layer; a token that misses a layer is left out and counted in
+    /// <see cref="Skipped"/> (<see cref="Observed"/> counts those used). A route naming a layer or an expert the model does
+    /// not have is an error: the trace is of another model.
+    /// </summary>
+    public static RoutingPathPredictor FromTokenRoutes(IEnumerable<TokenRoute> routes, int layers, int experts, int topK)
+    {
+        ArgumentNullException.ThrowIfNull(routes);
+        var predictor = new RoutingPathPredictor(layers, experts, topK);
+        foreach (var route in routes)
+        {
+            var path = new int[layers][];
+            foreach (var l in route.Layers)
+            {
+                if ((uint)l.Layer >= (uint)layers)
+                {
+                    throw new ArgumentException($"Token {route.Token} is traced at layer {l.Layer}; the model has {layers} layers (0..{layers - 1}).", nameof(routes));
+                }
+                foreach (var e in l.Experts)
+                {
+                    if ((uint)e >= (uint)experts)
+                    {
+                        throw new ArgumentException($"Token {route.Token} is routed to expert {e} at layer {l.Layer}; the model has {experts} experts per layer.", nameof(routes));
+                    }
+                }
+                path[l.Layer] = l.Experts;
+            }
+            if (path.Any(p => p is null || p.Length == 0))
+            {
+                predictor.Skipped++;
+                continue;
+            }
+            predictor.Observe(new RoutePath(route.Vocabulary >= 0 ? route.Vocabulary : -1, path));
+        }
         return predictor;
     }
 

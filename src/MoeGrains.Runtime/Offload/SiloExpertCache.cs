@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using MoeGrains.Contracts;
@@ -20,7 +21,10 @@ public sealed class ExpertOffloadOptions
     /// <summary>Most expert weight bytes (float32, as computed) resident on this silo's device at once (0: no limit by bytes).</summary>
     public long DeviceBudgetBytes { get; set; }
 
-    /// <summary>What a full cache evicts: <c>lru</c>, <c>lfu</c> or <c>predictive</c> (expected next use from the layer order and each expert's observed frequency).</summary>
+    /// <summary>
+    /// What a full cache evicts: <c>lru</c>, <c>lfu</c> or <c>predictive</c> (expected next use from the layer order, each
+    /// expert's observed frequency and the prefetch hints of a routing-path predictor; with a predictor, it also prefetches).
+    /// </summary>
     public string Policy { get; set; } = "lru";
 
     /// <summary>
@@ -31,6 +35,28 @@ public sealed class ExpertOffloadOptions
 
     /// <summary>Where stores written from checkpoints go (default: a folder of this process under the temporary folder).</summary>
     public string? StoreRoot { get; set; }
+
+    /// <summary>
+    /// With the predictive policy and a routing-path predictor for the model: once a layer has routed, hint the next
+    /// layer's likely experts to their grains, whose silos read them into the cache while the layer computes (default on).
+    /// </summary>
+    public bool Prefetch { get; set; } = true;
+
+    /// <summary>Least predicted probability (that the batch uses an expert at the next layer) for a prefetch hint.</summary>
+    public double PrefetchThreshold { get; set; } = 0.25;
+
+    /// <summary>
+    /// Routing-path predictors from routes files (model → a <c>TokenRouteFile</c> CSV or JSON lines, such as the routes
+    /// export of the cluster's trace collector; with a <c>vocab</c> column the predictor knows tokens), loaded once.
+    /// A model listed here is not refreshed from the traces.
+    /// </summary>
+    public Dictionary<string, string> Predictors { get; set; } = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// When routing traces are on (<c>AddRoutingTraces</c>), a model without a predictor file gets its predictor from the
+    /// cluster's trace collector (<c>IRoutingTraceGrain.Export</c>), rebuilt at most this often, in seconds (0: never).
+    /// </summary>
+    public double PredictorRefreshSeconds { get; set; } = 30;
 
     public bool Enabled => DeviceBudgetExperts > 0 || DeviceBudgetBytes > 0;
 
@@ -60,6 +86,21 @@ public sealed class ExpertOffloadOptions
             if (!File.Exists(Path.Combine(folder, ExpertWeightStore.ManifestFile)))
             {
                 yield return $"MoeGrains:Offload:Stores: the store of model '{model}' ({folder}) has no {ExpertWeightStore.ManifestFile}.";
+            }
+        }
+        if (!(PrefetchThreshold is > 0 and <= 1))
+        {
+            yield return $"MoeGrains:Offload:PrefetchThreshold must be in (0, 1], got {PrefetchThreshold}.";
+        }
+        if (!(PredictorRefreshSeconds >= 0) || double.IsInfinity(PredictorRefreshSeconds))
+        {
+            yield return $"MoeGrains:Offload:PredictorRefreshSeconds must be 0 (off) or a positive number of seconds, got {PredictorRefreshSeconds}.";
+        }
+        foreach (var (model, path) in Predictors)
+        {
+            if (string.IsNullOrWhiteSpace(path) || !File.Exists(path))
+            {
+                yield return $"MoeGrains:Offload:Predictors:{model}: the routes file '{path}' does not exist.";
             }
         }
     }
@@ -93,8 +134,11 @@ public sealed class SiloExpertCache : IDisposable
     private readonly Dictionary<string, ExpertWeightStore> _stores = new(StringComparer.Ordinal);
     private readonly Dictionary<ExpertId, long> _uses = [];
     private readonly Dictionary<string, int> _lastLayer = new(StringComparer.Ordinal);
+    private readonly Dictionary<ExpertId, double> _hinted = [];                          // prefetch hints not yet used: P(used next step)
+    private readonly Dictionary<(string Model, int Layer), HashSet<int>> _running = [];  // experts of a running layer step, not yet acquired
     private readonly Lock _gate = new();
     private readonly string _root;
+    private long _hintsSent, _hintsReceived;
 
     public SiloExpertCache(IOptions<MoeGrainsOptions> options, ModelCatalog models, PluginCatalog plugins, SiloDevice device,
         IServiceProvider services, ILogger<SiloExpertCache> logger)
@@ -117,6 +161,19 @@ public sealed class SiloExpertCache : IDisposable
     }
 
     public bool Enabled => _options.Enabled;
+
+    /// <summary>
+    /// This silo sends and takes prefetch hints: a budget, the predictive policy and <see cref="ExpertOffloadOptions.Prefetch"/>.
+    /// </summary>
+    public bool PrefetchEnabled => Cache is not null && _options.CachePolicy == ExpertCachePolicy.Predictive && _options.Prefetch;
+
+    /// <summary>Least predicted probability for a prefetch hint.</summary>
+    public double PrefetchThreshold => _options.PrefetchThreshold;
+
+    /// <summary>The silo's routing-path predictors (for the prefetch hints its layer grains send), when registered.</summary>
+    public SiloRoutePredictors? Predictors => _predictors ??= _services.GetService<SiloRoutePredictors>();
+
+    private SiloRoutePredictors? _predictors;
 
     /// <summary>The cache (null when offloading is off).</summary>
     public DeviceExpertCache<OffloadedMoeModel.ResidentExpert>? Cache { get; }
@@ -166,6 +223,20 @@ public sealed class SiloExpertCache : IDisposable
         {
             _uses[id] = _uses.GetValueOrDefault(id) + 1;
             _lastLayer[model] = layer;
+            _hinted.Remove(id);
+            if (_running.TryGetValue((model, layer), out var running))
+            {
+                running.Remove(index);
+            }
+            // The previous layer's step is over once this layer runs: its hints that were not used, and its experts that
+            // were not needed here after all, are forgotten.
+            var layers = spec.Layers;
+            var previous = (layer - 1 + layers) % layers;
+            _running.Remove((model, previous));
+            if (_hinted.Count > 0)
+            {
+                foreach (var stale in _hinted.Keys.Where(k => k.Model == model && k.Layer == previous).ToList()) _hinted.Remove(stale);
+            }
         }
         var lease = cache.Acquire(id, cancellationToken);
         try
@@ -178,6 +249,76 @@ public sealed class SiloExpertCache : IDisposable
             lease.Dispose();
             throw new ExpertFailedException($"Expert '{key}' could not be made from its stored weights: {e.Message}");
         }
+    }
+
+    /// <summary>
+    /// A prefetch hint for the expert of <paramref name="key"/> (<c>model/layer/expert[/replica]</c>): notes that the layer
+    /// step of the hint is running (its experts are needed now, the hinted one next, with the hint's probability) and asks
+    /// the cache to read the expert's weights into host memory in the background, if the policy judges it worth what it
+    /// would evict. Returns whether a read was started. Never throws: a hint that cannot be followed is dropped.
+    /// </summary>
+    public bool Prefetch(string key, ExpertPrefetchHint hint)
+    {
+        ArgumentNullException.ThrowIfNull(hint);
+        if (!PrefetchEnabled)
+        {
+            return false;
+        }
+        try
+        {
+            var (model, layer, index) = ExpertKey.ParseExpert(key);
+            var spec = _models.Check(model, layer, index);
+            StoreOrFail(key, model);
+            var id = new ExpertId(layer, index, model);
+            lock (_gate)
+            {
+                _hintsReceived++;
+                _hinted[id] = Math.Clamp(hint.Probability, 0, 1);
+                if ((uint)hint.RunningLayer < (uint)spec.Layers)
+                {
+                    _lastLayer[model] = hint.RunningLayer;
+                    _running[(model, hint.RunningLayer)] = [.. (hint.RunningExperts ?? []).Where(e => (uint)e < (uint)spec.Experts)];
+                }
+            }
+            return Cache!.Prefetch(id);
+        }
+        catch (Exception e) when (e is MoeGrainsException or ArgumentException or InvalidOperationException or IOException)
+        {
+            _logger.LogDebug("Prefetch hint for {Key} dropped: {Error}", key, e.Message);
+            return false;
+        }
+    }
+
+    /// <summary>Counts prefetch hints this silo's layer grains sent.</summary>
+    public void CountHintsSent(int hints)
+    {
+        lock (_gate)
+        {
+            _hintsSent += hints;
+        }
+    }
+
+    /// <summary>
+    /// How many of the next layer's experts a layer step may prefetch (as <see cref="OffloadedMoeModel"/> does in process):
+    /// what the budget holds beside the experts the step needs now, since a prefetch that the step's own loads evict again
+    /// is a wasted read. The budget is this silo's; the experts may live on several silos, so it is a cautious bound.
+    /// </summary>
+    public int PrefetchRoom(string model, int layer, IReadOnlyCollection<int> needed)
+    {
+        if (Cache is not { } cache)
+        {
+            return 0;
+        }
+        var spec = _models.Get(model);
+        var room = cache.Budget.MaxExperts == int.MaxValue ? spec.Experts : Math.Max(0, cache.Budget.MaxExperts - needed.Count);
+        if (cache.Budget.MaxBytes != long.MaxValue)
+        {
+            var store = Store(model);
+            var neededBytes = needed.Sum(e => store.Entry(layer, e).DeviceBytes);
+            var largest = store.Entries.Max(e => e.DeviceBytes);
+            room = (int)Math.Min(room, Math.Max(0, (cache.Budget.MaxBytes - neededBytes) / largest));
+        }
+        return Math.Min(room, spec.Experts);
     }
 
     private ExpertWeightStore StoreOrFail(string key, string model)
@@ -204,12 +345,17 @@ public sealed class SiloExpertCache : IDisposable
         return (new OffloadedMoeModel.ResidentExpert(host), host.BytesRead);
     }
 
-    // Predictive eviction in a silo, which sees expert calls but not the tokens' routes: the layers after the one running now
-    // come sooner (layer order), and within a layer the experts used more often so far are more likely to be needed.
+    // Predictive eviction in a silo, which sees expert calls (and prefetch hints) but not the tokens' routes: the experts of
+    // a running layer step that it has not used yet are needed now; the layers after the one running come sooner (layer
+    // order), and within a layer the experts used more often so far, or hinted as likely next, are more likely to be needed.
     private double NextUse(ExpertId id)
     {
         lock (_gate)
         {
+            if (_running.TryGetValue((id.Model!, id.Layer), out var running) && running.Contains(id.Expert))
+            {
+                return 0;
+            }
             var layers = _models.Get(id.Model!).Layers;
             var last = _lastLayer.GetValueOrDefault(id.Model!);
             var distance = (id.Layer - last + layers) % layers;
@@ -219,7 +365,7 @@ public sealed class SiloExpertCache : IDisposable
             {
                 if (other.Model == id.Model && other.Layer == id.Layer && n > most) most = n;
             }
-            var p = Math.Max((double)_uses.GetValueOrDefault(id) / most, 1e-3);
+            var p = Math.Max(Math.Max((double)_uses.GetValueOrDefault(id) / most, _hinted.GetValueOrDefault(id)), 1e-3);
             return distance + layers * (1 - p) / p;
         }
     }
@@ -232,8 +378,21 @@ public sealed class SiloExpertCache : IDisposable
             return new OffloadCacheReport(silo, false, "off", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
         }
         var s = Cache.Stats();
+        long sent, received;
+        lock (_gate)
+        {
+            (sent, received) = (_hintsSent, _hintsReceived);
+        }
         return new OffloadCacheReport(silo, true, _options.Policy.Trim().ToLowerInvariant(), _options.DeviceBudgetExperts, _options.DeviceBudgetBytes,
-            s.Accesses, s.Hits, s.Loads, s.Evictions, s.BytesRead, s.ResidentExperts, s.ResidentBytes, s.PeakResidentExperts, s.PeakResidentBytes, Math.Round(s.StallMs, 3));
+            s.Accesses, s.Hits, s.Loads, s.Evictions, s.BytesRead, s.ResidentExperts, s.ResidentBytes, s.PeakResidentExperts, s.PeakResidentBytes, Math.Round(s.StallMs, 3))
+        {
+            PrefetchHintsSent = sent,
+            PrefetchHintsReceived = received,
+            Prefetches = s.Prefetches,
+            PrefetchesUsed = s.PrefetchesUsed,
+            DemandLoads = s.DemandLoads,
+            PredictorPaths = Predictors?.TotalPaths ?? 0,
+        };
     }
 
     public void Dispose() => Cache?.Dispose();

@@ -12,6 +12,7 @@ public sealed class RoutingTraceRecorder
 
     private readonly Lock _lock = new();
     private readonly Dictionary<long, SortedList<int, LayerRoute>> _routes = [];
+    private readonly Dictionary<long, long> _vocabulary = [];
     private readonly ulong _threshold;
     private readonly ulong _salt;
 
@@ -48,8 +49,11 @@ public sealed class RoutingTraceRecorder
 
     public bool IsSampled(long token) => SamplingRate >= 1 || (SamplingRate > 0 && Mix((ulong)token ^ _salt) < _threshold);
 
-    /// <summary>Records one token's experts (and router weights) at one layer, if the token is sampled.</summary>
-    public void Record(long token, int layer, ReadOnlySpan<int> experts, ReadOnlySpan<float> weights)
+    /// <summary>
+    /// Records one token's experts (and router weights) at one layer, if the token is sampled; with its id in the model's
+    /// vocabulary when known (<paramref name="vocabulary"/> ≥ 0).
+    /// </summary>
+    public void Record(long token, int layer, ReadOnlySpan<int> experts, ReadOnlySpan<float> weights, long vocabulary = -1)
     {
         if (experts.Length != weights.Length)
         {
@@ -73,23 +77,33 @@ public sealed class RoutingTraceRecorder
                 _routes[token] = layers = [];
             }
             layers[layer] = route;
+            if (vocabulary >= 0)
+            {
+                _vocabulary[token] = vocabulary;
+            }
         }
     }
 
     /// <summary>
     /// Records a routed batch in the layout routers produce: token <c>t</c>'s choices are
-    /// <c>experts[t * k .. t * k + k)</c> with their weights at the same positions.
+    /// <c>experts[t * k .. t * k + k)</c> with their weights at the same positions; <paramref name="vocabulary"/>, when
+    /// not empty, holds the tokens' ids in the model's vocabulary (one per token).
     /// </summary>
-    public void RecordBatch(int layer, ReadOnlySpan<long> tokens, int k, ReadOnlySpan<int> experts, ReadOnlySpan<float> weights)
+    public void RecordBatch(int layer, ReadOnlySpan<long> tokens, int k, ReadOnlySpan<int> experts, ReadOnlySpan<float> weights,
+        ReadOnlySpan<long> vocabulary = default)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(k, 1);
         if (experts.Length != tokens.Length * k || weights.Length != experts.Length)
         {
             throw new ArgumentException($"{tokens.Length} tokens with k={k} need {tokens.Length * k} experts and weights, got {experts.Length} and {weights.Length}.");
         }
+        if (!vocabulary.IsEmpty && vocabulary.Length != tokens.Length)
+        {
+            throw new ArgumentException($"{tokens.Length} tokens but {vocabulary.Length} vocabulary ids.");
+        }
         for (var t = 0; t < tokens.Length; t++)
         {
-            Record(tokens[t], layer, experts.Slice(t * k, k), weights.Slice(t * k, k));
+            Record(tokens[t], layer, experts.Slice(t * k, k), weights.Slice(t * k, k), vocabulary.IsEmpty ? -1 : vocabulary[t]);
         }
     }
 
@@ -98,7 +112,7 @@ public sealed class RoutingTraceRecorder
     {
         lock (_lock)
         {
-            return [.. _routes.OrderBy(r => r.Key).Select(r => new TokenRoute(r.Key, [.. r.Value.Values]))];
+            return [.. _routes.OrderBy(r => r.Key).Select(r => new TokenRoute(r.Key, [.. r.Value.Values]) { Vocabulary = _vocabulary.GetValueOrDefault(r.Key, -1) })];
         }
     }
 
@@ -110,6 +124,7 @@ public sealed class RoutingTraceRecorder
         lock (_lock)
         {
             _routes.Clear();
+            _vocabulary.Clear();
             Dropped = 0;
         }
     }

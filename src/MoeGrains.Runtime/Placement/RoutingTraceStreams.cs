@@ -38,7 +38,11 @@ namespace MoeGrains.Placement
         [property: Id(2)] int K,
         [property: Id(3)] long[] Tokens,
         [property: Id(4)] int[] Experts,
-        [property: Id(5)] float[] Weights);
+        [property: Id(5)] float[] Weights)
+    {
+        /// <summary>The sampled rows' token ids in the model's vocabulary (one per token), or null when the layer step had none.</summary>
+        [Id(6)] public long[]? Vocabulary { get; init; }
+    }
 
     /// <summary>The routes recorded for one model, cluster-wide, in both export forms.</summary>
     [GenerateSerializer, Immutable, Alias("moegrains.RoutingTraceExport")]
@@ -100,9 +104,16 @@ namespace MoeGrains.Placement
         public RoutingTraceRecorder Recorder(string model) =>
             _recorders.GetOrAdd(model, _ => new RoutingTraceRecorder(options.Value.SamplingRate, options.Value.MaxTokens, options.Value.Salt));
 
-        /// <summary>Records a routed batch here and returns the sampled rows to publish, or null when none was sampled.</summary>
-        public RoutingSampleBatch? Record(string model, int layer, long[] tokens, RoutingResult routing)
+        /// <summary>
+        /// Records a routed batch here and returns the sampled rows to publish, or null when none was sampled.
+        /// <paramref name="vocabulary"/>, when given, holds the rows' ids in the model's vocabulary (one per row).
+        /// </summary>
+        public RoutingSampleBatch? Record(string model, int layer, long[] tokens, RoutingResult routing, long[]? vocabulary = null)
         {
+            if (vocabulary is not null && vocabulary.Length != tokens.Length)
+            {
+                throw new ArgumentException($"{tokens.Length} token ids but {vocabulary.Length} vocabulary ids.", nameof(vocabulary));
+            }
             var recorder = Recorder(model);
             var sampled = new List<int>();
             for (var t = 0; t < tokens.Length; t++)
@@ -115,16 +126,18 @@ namespace MoeGrains.Placement
             }
             var k = routing.K;
             var ids = new long[sampled.Count];
+            var vocab = vocabulary is null ? null : new long[sampled.Count];
             var experts = new int[sampled.Count * k];
             var weights = new float[sampled.Count * k];
             for (var i = 0; i < sampled.Count; i++)
             {
                 var t = sampled[i];
                 ids[i] = tokens[t];
+                if (vocab is not null) vocab[i] = vocabulary![t];
                 Array.Copy(routing.Experts, t * k, experts, i * k, k);
                 Array.Copy(routing.Weights, t * k, weights, i * k, k);
             }
-            var batch = new RoutingSampleBatch(model, layer, k, ids, experts, weights);
+            var batch = new RoutingSampleBatch(model, layer, k, ids, experts, weights) { Vocabulary = vocab };
             Add(recorder, batch);
             return batch;
         }
@@ -141,9 +154,10 @@ namespace MoeGrains.Placement
                 .GetStream<RoutingSampleBatch>(StreamId.Create(RoutingTraces.StreamNamespace, batch.Model)).OnNextAsync(batch);
         }
 
-        /// <summary>Adds a published batch to a recorder (unused slots, expert -1, are left out).</summary>
+        /// <summary>Adds a published batch to a recorder (unused slots, expert -1, are left out), vocabulary ids included.</summary>
         internal static void Add(RoutingTraceRecorder recorder, RoutingSampleBatch batch)
         {
+            var vocabulary = batch.Vocabulary is { } v && v.Length == batch.Tokens.Length ? v : null;
             for (var i = 0; i < batch.Tokens.Length; i++)
             {
                 var experts = new List<int>(batch.K);
@@ -155,7 +169,7 @@ namespace MoeGrains.Placement
                     experts.Add(e);
                     weights.Add(batch.Weights[i * batch.K + j]);
                 }
-                recorder.Record(batch.Tokens[i], batch.Layer, [.. experts], [.. weights]);
+                recorder.Record(batch.Tokens[i], batch.Layer, [.. experts], [.. weights], vocabulary?[i] ?? -1);
             }
         }
     }
