@@ -30,7 +30,15 @@ internal static class OffloadBenchCommand
         string Workload, double BudgetFraction, string Policy, double HitRatio, double LoadsPerToken, double DemandLoadsPerToken,
         double BytesPerToken, long PeakDeviceBytes, double? MemorySaved, double ExpertMemorySaved, long PeakDeviceExpertBytes, long PeakCacheBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
         double StallMsPerToken, double? PredictionRecall, double? PredictionPrecision, double DistinctExpertsPerBatchLayer,
-        long Tokens, bool? IdenticalToResident, int? ResidentAttentionLayers, double? AttentionBytesPerToken);
+        long Tokens, bool? IdenticalToResident, int? ResidentAttentionLayers, double? AttentionBytesPerToken)
+    {
+        /// <summary>Cluster rows: prefetch hints the layer grains sent, reads they started, and those used before eviction.</summary>
+        public long? PrefetchHints { get; init; }
+
+        public long? Prefetches { get; init; }
+
+        public long? PrefetchesUsed { get; init; }
+    }
 
     internal sealed record OffloadReport(
         string Benchmark, object Model, object Mixtral, long AllExpertsBytes, long NonExpertBytes, bool? GreedyIdenticalAt25,
@@ -48,11 +56,14 @@ internal static class OffloadBenchCommand
         var replayRequests = new Option<int>("--replay-requests") { Description = "Concurrent requests in the Mixtral replay", DefaultValueFactory = _ => 32 };
         var threads = new Option<int>("--threads") { DefaultValueFactory = _ => 1 };
         var skipModel = new Option<bool>("--no-model") { Description = "Only the Mixtral replay" };
+        var skipCluster = new Option<bool>("--no-cluster") { Description = "Skip the 2-silo cluster rows (device budgets in the silos, prefetch hints)" };
         var attentionLayers = new Option<int>("--attention-layers") { Description = "Blocks whose attention weights stay on the device below a 100% budget (streamed layer by layer; 0: all resident)", DefaultValueFactory = _ => 1 };
+        var predictorSource = new Option<string>("--predictor") { Description = "Where the routing-path predictor learns: cluster (a traced 2-silo cluster's routes) or local (in process)", DefaultValueFactory = _ => "cluster" };
+        predictorSource.AcceptOnlyFromAmong("cluster", "local");
         var only = new Option<string?>("--only") { Description = "Run one item only (model:0.25:lru, model:greedy, model:quant, mixtral:0.5:lfu, ...)" };
         var command = new Command("offload", "Experts that do not fit: expert store, device budget, LRU/LFU/predictive caching, prefetch and token scheduling")
         {
-            json, checkpoint, requests, batch, newTokens, prompt, replayTokens, replayRequests, threads, skipModel, only, attentionLayers,
+            json, checkpoint, requests, batch, newTokens, prompt, replayTokens, replayRequests, threads, skipModel, skipCluster, only, attentionLayers, predictorSource,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -73,7 +84,7 @@ internal static class OffloadBenchCommand
                 object quant = "skipped";
                 bool? greedy = null;
                 long allBytes = 0, nonExpert = 0;
-                if (!parse.GetValue(skipModel) && (_only is null || _only.StartsWith("model", StringComparison.Ordinal)))
+                if (!parse.GetValue(skipModel) && (_only is null || _only.StartsWith("model", StringComparison.Ordinal) || _only.StartsWith("cluster", StringComparison.Ordinal)))
                 {
                     var path = Path.GetFullPath(LanguageModelCheckpoint.WeightsPath(parse.GetValue(checkpoint)!));
                     if (!File.Exists(path))
@@ -81,8 +92,12 @@ internal static class OffloadBenchCommand
                         Console.Error.WriteLine($"error: no checkpoint at {path}: train one with `moe train --out {LanguageModelCheckpoint.Folder(path)}`.");
                         return 2;
                     }
-                    var m = await ModelWorkload(path, dir, parse.GetValue(requests), parse.GetValue(batch), parse.GetValue(prompt), parse.GetValue(newTokens), parse.GetValue(attentionLayers), progress, ct);
+                    var m = await ModelWorkload(path, dir, parse.GetValue(requests), parse.GetValue(batch), parse.GetValue(prompt), parse.GetValue(newTokens), parse.GetValue(attentionLayers), parse.GetValue(predictorSource)!, progress, ct);
                     runs.AddRange(m.Runs);
+                    if (!parse.GetValue(skipCluster) && (_only is null || _only.StartsWith("cluster", StringComparison.Ordinal)))
+                    {
+                        runs.AddRange(await OffloadClusterBench.RunAsync(path, m.Predictor, m.Prompts, parse.GetValue(newTokens), m.ExpertsPerSilo, Want, t => Log(progress, t), ct));
+                    }
                     (modelInfo, quant, greedy, allBytes, nonExpert) = (m.Info, m.Quantisation, m.Greedy, m.AllBytes, m.NonExpertBytes);
                 }
                 object mixInfo = "skipped";
@@ -123,9 +138,35 @@ internal static class OffloadBenchCommand
 
     // ---------------------------------------------------------------- the reference language model
 
-    private sealed record ModelResult(object Info, object Quantisation, bool? Greedy, long AllBytes, long NonExpertBytes, List<OffloadRun> Runs);
+    private sealed record ModelResult(object Info, object Quantisation, bool? Greedy, long AllBytes, long NonExpertBytes, List<OffloadRun> Runs,
+        RoutingPathPredictor Predictor, long[][] Prompts, int ExpertsPerSilo);
 
-    private static async Task<ModelResult> ModelWorkload(string path, string dir, int requests, int batchSize, int promptChars, int newTokens, int attentionLayers, bool progress, CancellationToken ct)
+    // Routes of the windows recorded from an in-process model, as paths with their token ids.
+    private static async Task<RoutingPathPredictor> LocalPredictor(PluginCatalog plugins, ExpertWeightStore store, string path, ModelSpec spec, List<long[]> windows, CancellationToken ct)
+    {
+        var predictor = new RoutingPathPredictor(spec.Layers, spec.Experts, spec.TopK);
+        using var recorder = new OffloadedMoeModel(plugins, store, CliServices.Provider, new OffloadOptions { Budget = new(store.Count) }, null, path);
+        var rows = new List<int[][]>();
+        long[] ids = [];
+        recorder.OnRouted = (layer, routing, tokenIds) =>
+        {
+            if (layer == 0)
+            {
+                rows = [.. Enumerable.Range(0, routing.Tokens).Select(_ => new int[spec.Layers][])];
+                ids = tokenIds ?? [];
+            }
+            for (var t = 0; t < routing.Tokens; t++) rows[t][layer] = routing.Experts[(t * routing.K)..((t + 1) * routing.K)];
+            if (layer == spec.Layers - 1)
+            {
+                for (var t = 0; t < rows.Count; t++) predictor.Observe(new RoutePath(ids.Length > t ? ids[t] : -1, rows[t]));
+            }
+        };
+        using var batcher = new SessionBatcher(recorder, plugins, path, CliServices.Provider, windows.Count);
+        await batcher.StepAsync([.. windows.Select((w, i) => (i, w))], ct);
+        return predictor;
+    }
+
+    private static async Task<ModelResult> ModelWorkload(string path, string dir, int requests, int batchSize, int promptChars, int newTokens, int attentionLayers, string predictorSource, bool progress, CancellationToken ct)
     {
         var plugins = PluginCatalog.Load(CliPaths.Plugins);
         var file = SafeTensorsFile.Open(path);
@@ -144,36 +185,29 @@ internal static class OffloadBenchCommand
         var streamed = new BackboneOptions { ResidentAttentionLayers = attentionLayers };
         var resident = new BackboneOptions();
 
-        // The predictor learns from the model's own routes on training text (teacher-forced windows).
-        Log(progress, "recording routes on training text for the predictor...");
-        var predictor = new RoutingPathPredictor(spec.Layers, spec.Experts, spec.TopK);
+        // The predictor learns from routes on 24 training windows of 100 tokens: by default the routes a traced 2-silo
+        // cluster recorded (each window through its own session grain), else (--predictor local) routes recorded in process.
+        const int windows = 24;
+        const int window = 100;
+        var trainingWindows = Enumerable.Range(0, windows).Select(w =>
         {
-            using var recorder = new OffloadedMoeModel(plugins, store, CliServices.Provider, new OffloadOptions { Budget = new(total) }, null, path);
-            var rows = new List<int[][]>();
-            long[] ids = [];
-            recorder.OnRouted = (layer, routing, tokenIds) =>
-            {
-                if (layer == 0)
-                {
-                    rows = [.. Enumerable.Range(0, routing.Tokens).Select(_ => new int[spec.Layers][])];
-                    ids = tokenIds ?? [];
-                }
-                for (var t = 0; t < routing.Tokens; t++) rows[t][layer] = routing.Experts[(t * routing.K)..((t + 1) * routing.K)];
-                if (layer == spec.Layers - 1)
-                {
-                    for (var t = 0; t < rows.Count; t++) predictor.Observe(new RoutePath(ids.Length > t ? ids[t] : -1, rows[t]));
-                }
-            };
-            // The predictor learns from the routes of 24 training windows of 100 tokens, run as concurrent sessions.
-            const int windows = 24;
-            const int window = 100;
-            using var batcher = new SessionBatcher(recorder, plugins, path, CliServices.Provider, windows);
-            var members = Enumerable.Range(0, windows).Select(w =>
-            {
-                var start = (int)((long)w * (split - window) / windows);
-                return (w, tokenizer.Encode(text.Substring(start, window)).Select(i => (long)i).ToArray());
-            }).ToList();
-            await batcher.StepAsync(members, ct);
+            var start = (int)((long)w * (split - window) / windows);
+            return tokenizer.Encode(text.Substring(start, window)).Select(i => (long)i).ToArray();
+        }).ToList();
+        RoutingPathPredictor predictor;
+        object predictorInfo;
+        if (predictorSource == "cluster")
+        {
+            Log(progress, "training the predictor from a 2-silo cluster's routing traces...");
+            var trained = await ClusterTracePredictor.TrainAsync(path, trainingWindows, 2, ct);
+            predictor = trained.Predictor;
+            predictorInfo = new { source = "cluster routing traces (2 silos)", paths = trained.Tokens, skipped = trained.Skipped, tokens_known = predictor.TokensKnown, seconds = Math.Round(trained.Seconds, 1) };
+        }
+        else
+        {
+            Log(progress, "recording routes in process for the predictor...");
+            predictor = await LocalPredictor(plugins, store, path, spec, trainingWindows, ct);
+            predictorInfo = new { source = "in-process routes", paths = predictor.Observed, skipped = 0, tokens_known = predictor.TokensKnown, seconds = 0.0 };
         }
 
         // Requests: prompts from the held-out text.
@@ -275,14 +309,14 @@ internal static class OffloadBenchCommand
         var info = new
         {
             checkpoint = path, layers = spec.Layers, experts = spec.Experts, top_k = spec.TopK, d_model = spec.DModel, d_ff = spec.DFf,
-            requests, batch = batchSize, prompt_tokens = promptChars, new_tokens = newTokens, predictor_paths = predictor.Observed,
+            requests, batch = batchSize, prompt_tokens = promptChars, new_tokens = newTokens, predictor = predictorInfo,
             resident_attention_layers_below_100 = attentionLayers, router_bytes = routerBytes,
             resident_tokens_per_s = allResident.TokensPerS, resident_distinct_experts_per_batch_layer = allResident.Distinct,
             greedy_continuation = tokenizer.Decode(offloaded),
             greedy_at_25 = greedyMemory,
             calibrated_bits = plan.Count == 0 ? null : plan.Select(c => new { c.Layer, c.Expert, importance = Math.Round(c.Importance, 4), error4 = Math.Round(c.Error4, 5), error8 = Math.Round(c.Error8, 5), c.Bits }).ToArray(),
         };
-        return new ModelResult(info, quant, identical, expertBytes, nonExpertBytes, runs);
+        return new ModelResult(info, quant, identical, expertBytes, nonExpertBytes, runs, predictor, prompts, (total + 1) / 2);
     }
 
     // The weights that stay resident besides the experts: embeddings, attention, norms, routers and the output head.
@@ -539,7 +573,7 @@ internal static class OffloadBenchCommand
         foreach (var workload in report.Runs.Select(r => r.Workload).Distinct())
         {
             var table = new Table().Title($"[bold]{workload}[/]");
-            foreach (var c in new[] { "budget", "policy", "hit ratio", "loads/token", "demand loads/token", "bytes/token", "peak device bytes", "memory saved (all weights)", "expert memory saved", "peak experts", "tokens/s", "slowdown", "stall ms/token", "recall", "distinct/batch-layer", "same output" })
+            foreach (var c in new[] { "budget", "policy", "hit ratio", "loads/token", "demand loads/token", "bytes/token", "peak device bytes", "memory saved (all weights)", "expert memory saved", "peak experts", "tokens/s", "slowdown", "stall ms/token", "recall", "distinct/batch-layer", "prefetch hints/reads/used", "same output" })
             {
                 table.AddColumn(c);
             }
@@ -547,7 +581,8 @@ internal static class OffloadBenchCommand
             {
                 table.AddRow($"{r.BudgetFraction:P0}", r.Policy, $"{r.HitRatio:F3}", $"{r.LoadsPerToken:F3}", $"{r.DemandLoadsPerToken:F3}", $"{r.BytesPerToken:N0}",
                     $"{r.PeakDeviceBytes:N0}", r.MemorySaved is { } saved ? $"{saved:P1}" : "-", $"{r.ExpertMemorySaved:P1}", $"{r.PeakResidentExperts}", $"{r.TokensPerS:F1}", $"{r.SlowdownVsResident:F2}x", $"{r.StallMsPerToken:F2}",
-                    r.PredictionRecall is { } rc ? $"{rc:F3}" : "-", $"{r.DistinctExpertsPerBatchLayer:F2}", r.IdenticalToResident is { } i ? (i ? "yes" : "no") : "-");
+                    r.PredictionRecall is { } rc ? $"{rc:F3}" : "-", $"{r.DistinctExpertsPerBatchLayer:F2}",
+                    r.PrefetchHints is { } h ? $"{h}/{r.Prefetches}/{r.PrefetchesUsed}" : "-", r.IdenticalToResident is { } i ? (i ? "yes" : "no") : "-");
             }
             AnsiConsole.Write(table);
         }

@@ -1,0 +1,93 @@
+using System.Diagnostics;
+using Microsoft.Extensions.DependencyInjection;
+using MoeGrains.Contracts;
+using MoeGrains.Hosting;
+using MoeGrains.Offload;
+
+namespace MoeGrains.Cli.Commands;
+
+/// <summary>
+/// The offload bench's cluster workload: the reference model served by a 2-silo local cluster whose silos each hold a
+/// device budget for their experts (<c>MoeGrains:Offload</c>), greedy requests through decoder session grains, and the
+/// routing-path predictor (trained from the cluster's own traces) given to every silo, so the layer grains send prefetch
+/// hints for the next layer's likely experts. Counts summed over the silos; output compared with a cluster without a budget.
+/// </summary>
+internal static class OffloadClusterBench
+{
+    private const int Silos = 2;
+
+    public static async Task<List<OffloadBenchCommand.OffloadRun>> RunAsync(string weightsPath, RoutingPathPredictor predictor, long[][] prompts, int newTokens,
+        int expertsPerSilo, Func<string, bool> want, Action<string> log, CancellationToken ct)
+    {
+        var rows = new List<OffloadBenchCommand.OffloadRun>();
+        log($"cluster: {Silos} silos, no budget ({prompts.Length} requests x {newTokens} greedy tokens through session grains)...");
+        var resident = await RunAsync(weightsPath, predictor, prompts, newTokens, 0, "lru", false, "resident", ct);
+        foreach (var fraction in new[] { 0.25, 0.5 })
+        {
+            var budget = Math.Max(1, (int)Math.Ceiling(fraction * expertsPerSilo - 1e-9));
+            foreach (var (policy, prefetch, name) in new[] { ("lru", false, "lru"), ("lfu", false, "lfu"), ("predictive", false, "predictive"), ("predictive", true, "predictive+prefetch") })
+            {
+                if (!want($"cluster:{fraction}:{name}")) continue;
+                log($"cluster: budget {budget} of {expertsPerSilo} experts per silo, {name}...");
+                var r = await RunAsync(weightsPath, predictor, prompts, newTokens, budget, policy, prefetch, name, ct);
+                var s = r.Reports;
+                long Sum(Func<OffloadCacheReport, long> f) => s.Sum(f);
+                var accesses = Sum(x => x.Accesses);
+                var peakBytes = Sum(x => x.PeakResidentBytes);
+                rows.Add(new OffloadBenchCommand.OffloadRun(
+                    $"cluster-{Silos}-silos", fraction, name,
+                    HitRatio: accesses == 0 ? 0 : Math.Round((double)Sum(x => x.Hits) / accesses, 4),
+                    LoadsPerToken: Math.Round((double)Sum(x => x.Loads) / r.Tokens, 4),
+                    DemandLoadsPerToken: Math.Round((double)Sum(x => x.DemandLoads) / r.Tokens, 4),
+                    BytesPerToken: Math.Round((double)Sum(x => x.BytesRead) / r.Tokens, 1),
+                    PeakDeviceBytes: peakBytes, MemorySaved: null,
+                    ExpertMemorySaved: Math.Round(1 - (double)peakBytes / r.AllExpertBytes, 4),
+                    PeakDeviceExpertBytes: peakBytes, PeakCacheBytes: peakBytes, PeakResidentExperts: s.Max(x => x.PeakResidentExperts),
+                    TokensPerS: Math.Round(r.Tokens / r.Seconds, 1), SlowdownVsResident: Math.Round(r.Seconds / resident.Seconds, 3),
+                    StallMsPerToken: Math.Round(s.Sum(x => x.StallMs) / r.Tokens, 3), PredictionRecall: null, PredictionPrecision: null,
+                    DistinctExpertsPerBatchLayer: 0, r.Tokens,
+                    IdenticalToResident: r.Outputs.Zip(resident.Outputs).All(p => p.First.SequenceEqual(p.Second)),
+                    ResidentAttentionLayers: null, AttentionBytesPerToken: null)
+                {
+                    PrefetchHints = Sum(x => x.PrefetchHintsSent),
+                    Prefetches = Sum(x => x.Prefetches),
+                    PrefetchesUsed = Sum(x => x.PrefetchesUsed),
+                });
+            }
+        }
+        return rows;
+    }
+
+    private sealed record ClusterRun(List<long>[] Outputs, List<OffloadCacheReport> Reports, long Tokens, double Seconds, long AllExpertBytes);
+
+    private static async Task<ClusterRun> RunAsync(string weightsPath, RoutingPathPredictor predictor, long[][] prompts, int newTokens,
+        int budget, string policy, bool prefetch, string name, CancellationToken ct)
+    {
+        await using var cluster = await LocalCluster.StartAsync(Silos, (_, silo) => silo.AddMoeGrains(o =>
+        {
+            o.Device = "cpu";
+            o.PluginFolder = CliPaths.Plugins;
+            o.Models["lm"] = weightsPath;
+            o.ExpertTimeoutMs = 120_000;
+            o.Offload.DeviceBudgetExperts = budget;
+            o.Offload.Policy = policy;
+            o.Offload.Prefetch = prefetch;
+        }), cancellationToken: ct);
+        foreach (var silo in cluster.Silos)
+        {
+            silo.Services.GetRequiredService<SiloRoutePredictors>().Set("lm", predictor, "cluster traces");
+        }
+        var outputs = new List<long>[prompts.Length];
+        var sw = Stopwatch.StartNew();
+        for (var i = 0; i < prompts.Length; i++)
+        {
+            outputs[i] = (await LanguageModelBench.GreedyAsync(cluster.GrainFactory, false, $"{name}-{budget}-{i}", prompts[i], newTokens, ct)).Tokens;
+        }
+        var seconds = sw.Elapsed.TotalSeconds;
+        var caches = cluster.Silos.Select(s => s.Services.GetRequiredService<SiloExpertCache>()).ToList();
+        foreach (var c in caches) c.Cache?.WaitForPrefetches();
+        var reports = caches.Select((c, i) => c.Report($"silo{i}")).ToList();
+        var allExpertBytes = budget > 0 ? caches[0].Store("lm").TotalDeviceBytes : 0;
+        return new ClusterRun(outputs, reports, prompts.Sum(p => p.Length + newTokens), seconds, allExpertBytes);
+    }
+}
