@@ -29,7 +29,7 @@ internal static class OffloadBenchCommand
     internal sealed record OffloadRun(
         string Workload, double BudgetFraction, string Policy, double HitRatio, double LoadsPerToken, double DemandLoadsPerToken,
         double BytesPerToken, long PeakDeviceBytes, double? MemorySaved, double ExpertMemorySaved, long PeakDeviceExpertBytes, long PeakCacheBytes, int PeakResidentExperts, double TokensPerS, double SlowdownVsResident,
-        double StallMsPerToken, double? PredictionRecall, double? PredictionPrecision, double DistinctExpertsPerBatchLayer,
+        double StallMsPerToken, double? PredictionRecall, double? PredictionPrecision, double? DistinctExpertsPerBatchLayer,
         long Tokens, bool? IdenticalToResident, int? ResidentAttentionLayers, double? AttentionBytesPerToken)
     {
         /// <summary>Cluster rows: prefetch hints the layer grains sent, reads they started, and those used before eviction.</summary>
@@ -581,7 +581,7 @@ internal static class OffloadBenchCommand
             {
                 table.AddRow($"{r.BudgetFraction:P0}", r.Policy, $"{r.HitRatio:F3}", $"{r.LoadsPerToken:F3}", $"{r.DemandLoadsPerToken:F3}", $"{r.BytesPerToken:N0}",
                     $"{r.PeakDeviceBytes:N0}", r.MemorySaved is { } saved ? $"{saved:P1}" : "-", $"{r.ExpertMemorySaved:P1}", $"{r.PeakResidentExperts}", $"{r.TokensPerS:F1}", $"{r.SlowdownVsResident:F2}x", $"{r.StallMsPerToken:F2}",
-                    r.PredictionRecall is { } rc ? $"{rc:F3}" : "-", $"{r.DistinctExpertsPerBatchLayer:F2}",
+                    r.PredictionRecall is { } rc ? $"{rc:F3}" : "-", r.DistinctExpertsPerBatchLayer is { } d ? $"{d:F2}" : "-",
                     r.PrefetchHints is { } h ? $"{h}/{r.Prefetches}/{r.PrefetchesUsed}" : "-", r.IdenticalToResident is { } i ? (i ? "yes" : "no") : "-");
             }
             AnsiConsole.Write(table);

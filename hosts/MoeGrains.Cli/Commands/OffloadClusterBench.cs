@@ -45,7 +45,7 @@ internal static class OffloadClusterBench
                     PeakDeviceExpertBytes: peakBytes, PeakCacheBytes: peakBytes, PeakResidentExperts: s.Max(x => x.PeakResidentExperts),
                     TokensPerS: Math.Round(r.Tokens / r.Seconds, 1), SlowdownVsResident: Math.Round(r.Seconds / resident.Seconds, 3),
                     StallMsPerToken: Math.Round(s.Sum(x => x.StallMs) / r.Tokens, 3), PredictionRecall: null, PredictionPrecision: null,
-                    DistinctExpertsPerBatchLayer: 0, r.Tokens,
+                    DistinctExpertsPerBatchLayer: null, r.Tokens,
                     IdenticalToResident: r.Outputs.Zip(resident.Outputs).All(p => p.First.SequenceEqual(p.Second)),
                     ResidentAttentionLayers: null, AttentionBytesPerToken: null)
                 {

@@ -102,7 +102,7 @@ public sealed class ExpertLocations
 }
 
 /// <summary>One silo's replica of a coherent session: its backbone, KV positions per block, and the block step.</summary>
-internal sealed class CoherentReplica(string model, ModelCatalog models, PluginCatalog plugins, SiloDevice device,
+internal sealed class CoherentReplica(string model, ModelCatalog models, SiloBackbones backbones, SiloDevice device,
     IServiceProvider services, IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire, ExpertLocations locations,
     RoutingTraceSink? traces) : IDisposable
 {
@@ -117,8 +117,7 @@ internal sealed class CoherentReplica(string model, ModelCatalog models, PluginC
     {
         if (Session is not null) return Session;
         var spec = models.Get(model);
-        var file = models.File(model);
-        Session = await device.Lane.RunAsync(() => DecoderSession.Create(plugins, spec, file, device.Device, services, moe, device.Lane), cancellationToken);
+        Session = await device.Lane.RunAsync(() => backbones.CreateSession(model, moe), cancellationToken);
         Have = new long[spec.Layers];
         return Session;
     }
@@ -254,11 +253,11 @@ internal sealed class CoherentReplica(string model, ModelCatalog models, PluginC
 }
 
 /// <summary>Creates replicas with this silo's services.</summary>
-internal sealed class CoherentReplicaFactory(ModelCatalog models, PluginCatalog plugins, SiloDevice device, IServiceProvider services,
+internal sealed class CoherentReplicaFactory(ModelCatalog models, SiloBackbones backbones, SiloDevice device, IServiceProvider services,
     IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire, ExpertLocations locations, RoutingTraceSink? traces = null)
 {
     public CoherentReplica Create(string model) =>
-        new(model, models, plugins, device, services, options, wire, locations, traces);
+        new(model, models, backbones, device, services, options, wire, locations, traces);
 
     public SiloDevice Device => device;
 

@@ -17,7 +17,7 @@ namespace MoeGrains.Generation;
 /// <see cref="Generate"/> runs the decoding loop here and publishes the tokens on the session's Orleans stream.
 /// </summary>
 [PreferLocalPlacement]
-internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plugins, SiloDevice device, IServiceProvider services,
+internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plugins, SiloDevice device, SiloBackbones backbones,
     IOptions<MoeGrainsOptions> options, IOptions<TensorWireOptions> wire, ILogger<DecoderSessionGrain> logger) : Grain, IDecoderSessionGrain
 {
     private DecoderSession? _session;
@@ -210,11 +210,10 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
     {
         var key = this.GetPrimaryKeyString() + pass;
         var model = ModelName();
-        var spec = models.Get(model);
         DecoderSession? created = null;
-        var file = models.File(model);
         var lane = device.Lane;
-        created = await lane.RunAsync(() => DecoderSession.Create(plugins, spec, file, device.Device, services, async (layer, hidden, ct) =>
+        // On the silo's shared backbone of the model: this session holds only its KV caches.
+        created = await lane.RunAsync(() => backbones.CreateSession(model, async (layer, hidden, ct) =>
         {
             var payload = await lane.RunAsync(() => WireTensor.FromTensor(hidden, TensorDType.Float32, wire.Value.MaxTensorBytes), ct);
             var start = created?.Position ?? 0;
@@ -243,7 +242,7 @@ internal sealed class DecoderSessionGrain(ModelCatalog models, PluginCatalog plu
             _messages += 2L * result.Calls.Count(c => c.Silo != result.Silo);
             _bytes += result.CrossSiloBytes;
             return new MoeLayerAnswer(await lane.RunAsync(() => result.Output.ToTensor(device.Device), ct), result.Calls.Sum(c => c.Tokens));
-        }, lane), cancellationToken);
+        }), cancellationToken);
         return created;
     }
 

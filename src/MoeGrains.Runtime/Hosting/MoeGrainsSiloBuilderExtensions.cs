@@ -38,6 +38,7 @@ public static class MoeGrainsSiloBuilderExtensions
         builder.Services.TryAddSingleton<Reliability.ExpertCircuitBreakers>();
         builder.Services.TryAddSingleton<Offload.SiloExpertCache>();
         builder.Services.TryAddSingleton<Offload.SiloRoutePredictors>();
+        builder.Services.TryAddSingleton<Generation.SiloBackbones>();
         builder.Services.TryAddSingleton(sp =>
         {
             var o = sp.GetRequiredService<IOptions<MoeGrainsOptions>>().Value;

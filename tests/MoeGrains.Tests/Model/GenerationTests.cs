@@ -1,3 +1,4 @@
+using Microsoft.Extensions.DependencyInjection;
 using MoeGrains.Checkpoints;
 using MoeGrains.Contracts;
 using MoeGrains.Generation;
@@ -67,6 +68,31 @@ public sealed class GenerationTests(LanguageModelClusterFixture fixture)
         var experts = await Task.WhenAll(Enumerable.Range(0, 6).Select(e => fixture.Cluster.GrainFactory.GetGrain<IExpertGrain>(ExpertKey.Expert("lm", 0, e)).Describe()));
         Assert.Equal(2, experts.Select(e => e.Silo).Distinct().Count());
         Assert.All(experts, e => Assert.Equal("swiglu", e.Plugin));
+    }
+
+    [Fact]
+    public async Task Concurrent_sessions_on_a_silo_share_one_backbone_and_each_keeps_its_own_KV_cache()
+    {
+        var tokenizer = TextTokenizers.FromMetadata(SafeTensorsFile.Open(fixture.CheckpointPath).Metadata);
+        string[] texts = ["the lazy dog", "a quick fox", "dog"];
+        var options = new GenerationOptions { MaxTokens = 10, Temperature = 0 };
+        var expected = new List<List<int>>();
+        long oneBackbone = 0;
+        foreach (var text in texts)
+        {
+            using var local = DecoderSession.InProcess(TinyModelPlugins(), fixture.CheckpointPath, TinyModel.Services, "lm");
+            expected.Add(await Collect(local.AppendAsync, tokenizer.Encode(text), options));
+            oneBackbone = local.Backbone.AllBytes;
+        }
+        // Three sessions at once, their steps interleaved on the silos.
+        var grains = texts.Select(_ => fixture.Cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", Guid.NewGuid().ToString("N")))).ToArray();
+        var actual = await Task.WhenAll(texts.Select((text, i) => Collect(async (tokens, ct) => (await grains[i].Append(tokens, null, ct)).Logits, tokenizer.Encode(text), options)));
+        Assert.Equal(expected, actual);
+        // Each silo that serves sessions of the model holds one backbone copy, whatever the number of sessions.
+        var perSilo = fixture.Cluster.Silos.Select(s => s.Services.GetRequiredService<SiloBackbones>().DeviceBytes()).ToArray();
+        Assert.Contains(perSilo, b => b.ContainsKey("lm"));
+        Assert.All(perSilo.Where(b => b.ContainsKey("lm")), b => Assert.Equal(oneBackbone, b["lm"]));
+        foreach (var g in grains) await g.Close();
     }
 
     [Fact]

@@ -1,0 +1,69 @@
+using MoeGrains.Devices;
+using MoeGrains.Dispatch;
+using MoeGrains.Models;
+using MoeGrains.Plugins;
+
+namespace MoeGrains.Generation;
+
+/// <summary>
+/// One backbone per served model on this silo's device, shared by all of the silo's decoder sessions of that model
+/// (each session keeps only its KV caches): N concurrent sessions hold one copy of the embedding, attention, norms and
+/// head, not N. A model whose attention stages keep their KV cache inside (not <see cref="ISharedStage"/>) gets a
+/// backbone per session, as before. Loaded on first use, on the device lane; freed with the silo.
+/// </summary>
+public sealed class SiloBackbones(ModelCatalog models, PluginCatalog plugins, SiloDevice device, IServiceProvider services) : IDisposable
+{
+    private readonly Dictionary<string, DecoderBackbone?> _backbones = new(StringComparer.Ordinal);
+    private readonly Lock _gate = new();
+    private bool _disposed;
+
+    /// <summary>A new session of <paramref name="model"/> on this silo's device (call on the device lane).</summary>
+    public DecoderSession CreateSession(string model, MoeLayerCallAsync moe)
+    {
+        if (Backbone(model) is { } shared)
+        {
+            return DecoderSession.Create(shared, moe, device.Lane);
+        }
+        return DecoderSession.Create(plugins, models.Get(model), models.File(model), device.Device, services, moe, device.Lane);
+    }
+
+    /// <summary>The model's shared backbone, loaded on first use; null when its stages cannot be shared.</summary>
+    public DecoderBackbone? Backbone(string model)
+    {
+        lock (_gate)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_backbones.TryGetValue(model, out var known))
+            {
+                return known;
+            }
+            var backbone = DecoderBackbone.Load(plugins, models.Get(model), models.File(model), device.Device, services);
+            if (!backbone.Shareable)
+            {
+                backbone.Dispose();
+                backbone = null;
+            }
+            _backbones[model] = backbone;
+            return backbone;
+        }
+    }
+
+    /// <summary>Device bytes of the shared backbones, per model.</summary>
+    public IReadOnlyDictionary<string, long> DeviceBytes()
+    {
+        lock (_gate)
+        {
+            return _backbones.Where(p => p.Value is not null).ToDictionary(p => p.Key, p => p.Value!.DeviceBytes, StringComparer.Ordinal);
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_gate)
+        {
+            _disposed = true;
+            foreach (var b in _backbones.Values) b?.Dispose();
+            _backbones.Clear();
+        }
+    }
+}
