@@ -71,13 +71,17 @@ public sealed class DecoderBackboneTests
         Assert.Equal(resident.Count, streamed.Count);
         for (var s = 0; s < resident.Count; s++)
         {
-            for (var i = 0; i < Prompts.Length; i++) Assert.Equal(resident[s][i], streamed[s][i]);
+            for (var i = 0; i < Prompts.Length; i++)
+            {
+                // The same weights and operations (to float rounding: libtorch's thread count may differ between runs).
+                for (var v = 0; v < resident[s][i].Length; v++) Assert.Equal(resident[s][i][v], streamed[s][i][v], 1e-5f);
+                Assert.Equal(Array.IndexOf(resident[s][i], resident[s][i].Max()), Array.IndexOf(streamed[s][i], streamed[s][i].Max()));
+            }
         }
         Assert.NotNull(streaming);
         Assert.Equal(1, streaming.PeakResidentLayers);
         // Each of the 4 steps runs the 3 blocks in turn with room for one: every block is made again each step (3 sessions, 1 load).
-        Assert.Equal(4 * 3, streaming.Loads);
-        Assert.Equal(4 * 3 * Prompts.Length, streaming.Accesses);
+        Assert.True(streaming.Loads == 4 * 3 && streaming.Accesses == 4 * 3 * Prompts.Length, $"loads {streaming.Loads}, accesses {streaming.Accesses}, hits {streaming.Hits}");
         var attentionBytes = streaming.BytesCopied / streaming.Loads;
         Assert.True(attentionBytes > 0);
         Assert.True(residentPeak - 2 * attentionBytes == streamedPeak, $"resident {residentPeak}, streamed {streamedPeak}, attention {attentionBytes}, loads {streaming.Loads}, copied {streaming.BytesCopied}");
