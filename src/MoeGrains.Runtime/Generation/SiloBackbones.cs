@@ -1,4 +1,6 @@
+using Microsoft.Extensions.Options;
 using MoeGrains.Devices;
+using MoeGrains.Hosting;
 using MoeGrains.Dispatch;
 using MoeGrains.Models;
 using MoeGrains.Plugins;
@@ -9,9 +11,10 @@ namespace MoeGrains.Generation;
 /// One backbone per served model on this silo's device, shared by all of the silo's decoder sessions of that model
 /// (each session keeps only its KV caches): N concurrent sessions hold one copy of the embedding, attention, norms and
 /// head, not N. A model whose attention stages keep their KV cache inside (not <see cref="ISharedStage"/>) gets a
-/// backbone per session, as before. Loaded on first use, on the device lane; freed with the silo.
+/// backbone per session, as before. Loaded on first use, on the device lane; freed with the silo. With
+/// <c>MoeGrains:Offload:ResidentAttentionLayers</c> the shared backbone streams its attention weights layer by layer.
 /// </summary>
-public sealed class SiloBackbones(ModelCatalog models, PluginCatalog plugins, SiloDevice device, IServiceProvider services) : IDisposable
+public sealed class SiloBackbones(ModelCatalog models, PluginCatalog plugins, SiloDevice device, IServiceProvider services, IOptions<MoeGrainsOptions> options) : IDisposable
 {
     private readonly Dictionary<string, DecoderBackbone?> _backbones = new(StringComparer.Ordinal);
     private readonly Lock _gate = new();
@@ -37,7 +40,8 @@ public sealed class SiloBackbones(ModelCatalog models, PluginCatalog plugins, Si
             {
                 return known;
             }
-            var backbone = DecoderBackbone.Load(plugins, models.Get(model), models.File(model), device.Device, services);
+            var backbone = DecoderBackbone.Load(plugins, models.Get(model), models.File(model), device.Device, services,
+                new BackboneOptions { ResidentAttentionLayers = options.Value.Offload.ResidentAttentionLayers });
             if (!backbone.Shareable)
             {
                 backbone.Dispose();
@@ -49,11 +53,16 @@ public sealed class SiloBackbones(ModelCatalog models, PluginCatalog plugins, Si
     }
 
     /// <summary>Device bytes of the shared backbones, per model.</summary>
-    public IReadOnlyDictionary<string, long> DeviceBytes()
+    public IReadOnlyDictionary<string, long> DeviceBytes() => Each(b => b.DeviceBytes);
+
+    /// <summary>The most device bytes each shared backbone held at once, per model.</summary>
+    public IReadOnlyDictionary<string, long> PeakDeviceBytes() => Each(b => b.PeakDeviceBytes);
+
+    private Dictionary<string, long> Each(Func<DecoderBackbone, long> figure)
     {
         lock (_gate)
         {
-            return _backbones.Where(p => p.Value is not null).ToDictionary(p => p.Key, p => p.Value!.DeviceBytes, StringComparer.Ordinal);
+            return _backbones.Where(p => p.Value is not null).ToDictionary(p => p.Key, p => figure(p.Value!), StringComparer.Ordinal);
         }
     }
 

@@ -22,6 +22,13 @@ public sealed class ExpertOffloadOptions
     public long DeviceBudgetBytes { get; set; }
 
     /// <summary>
+    /// Blocks whose attention weights stay on the device for the silo's decoder sessions (0, the default: all). Below the
+    /// model's block count the others wait in host memory and are made on the device when their block runs (layer-wise
+    /// streaming of the shared backbone, <see cref="Generation.BackboneOptions"/>).
+    /// </summary>
+    public int ResidentAttentionLayers { get; set; }
+
+    /// <summary>
     /// What a full cache evicts: <c>lru</c>, <c>lfu</c> or <c>predictive</c> (expected next use from the layer order, each
     /// expert's observed frequency and the prefetch hints of a routing-path predictor; with a predictor, it also prefetches).
     /// </summary>
@@ -77,6 +84,7 @@ public sealed class ExpertOffloadOptions
     {
         if (DeviceBudgetExperts < 0) yield return $"MoeGrains:Offload:DeviceBudgetExperts must not be negative, got {DeviceBudgetExperts}.";
         if (DeviceBudgetBytes < 0) yield return $"MoeGrains:Offload:DeviceBudgetBytes must not be negative, got {DeviceBudgetBytes}.";
+        if (ResidentAttentionLayers < 0) yield return $"MoeGrains:Offload:ResidentAttentionLayers must not be negative, got {ResidentAttentionLayers}.";
         if (Policy.Trim().ToLowerInvariant() is not ("lru" or "lfu" or "predictive"))
         {
             yield return $"MoeGrains:Offload:Policy must be lru, lfu or predictive, got '{Policy}'.";

@@ -1,0 +1,66 @@
+using Microsoft.Extensions.DependencyInjection;
+using MoeGrains.Contracts;
+using MoeGrains.Generation;
+using MoeGrains.Hosting;
+using MoeGrains.Tests.Infrastructure;
+using MoeGrains.Tests.Model;
+
+namespace MoeGrains.Tests.Offload;
+
+/// <summary>A silo's shared backbone streaming its attention weights (<c>MoeGrains:Offload:ResidentAttentionLayers</c>).</summary>
+public sealed class SiloBackboneStreamingTests
+{
+    [Fact]
+    public async Task A_silo_streaming_attention_weights_generates_the_in_process_tokens_with_one_block_resident()
+    {
+        using var dir = TestPaths.Temp();
+        var checkpoint = TinyLanguageModel.Write(dir.Path, seed: 17, layers: 3, experts: 4);
+        long[] prompt = [3, 7, 1, 9, 4];
+        var options = new GenerationOptions { MaxTokens = 10, Temperature = 0 };
+        List<int> expected = [];
+        long allBytes;
+        using (var local = DecoderSession.InProcess(TinyModel.BuiltIn(), checkpoint, TinyModel.Services, "lm"))
+        {
+            await foreach (var t in TextGeneration.GenerateAsync(local.AppendAsync, [.. prompt.Select(p => (int)p)], options, 32)) expected.Add(t);
+            allBytes = local.Backbone.AllBytes;
+        }
+
+        await using var cluster = await LocalCluster.StartAsync(1, (_, silo) => silo.AddMoeGrains(o =>
+        {
+            o.Device = "cpu";
+            o.Models["lm"] = checkpoint;
+            o.Offload.ResidentAttentionLayers = 1;
+        }).AddExpertPlugins(TestPaths.Plugins));
+        var grains = Enumerable.Range(0, 2).Select(i => cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", $"streamed-{i}"))).ToArray();
+        var actual = await Task.WhenAll(grains.Select(async g =>
+        {
+            var tokens = new List<int>();
+            await foreach (var t in TextGeneration.GenerateAsync(async (ids, ct) => (await g.Append(ids, null, ct)).Logits, [.. prompt.Select(p => (int)p)], options, 32)) tokens.Add(t);
+            return tokens;
+        }));
+        Assert.All(actual, a => Assert.Equal(expected, a));
+
+        var backbones = cluster.Silos[0].Services.GetRequiredService<SiloBackbones>();
+        var backbone = backbones.Backbone("lm")!;
+        Assert.True(backbone.Streamed);
+        Assert.Equal(1, backbone.Streaming!.PeakResidentLayers);
+        // Two of the three blocks' attention weights never on the device at once.
+        var block = backbone.Streaming.BytesCopied / backbone.Streaming.Loads;
+        Assert.Equal(allBytes - 2 * block, backbones.PeakDeviceBytes()["lm"]);
+        foreach (var g in grains) await g.Close();
+    }
+
+    [Fact]
+    public async Task A_negative_resident_attention_setting_stops_the_silo_by_name()
+    {
+        using var dir = TestPaths.Temp();
+        var checkpoint = TinyLanguageModel.Write(dir.Path, seed: 17, layers: 2, experts: 4);
+        var e = await Assert.ThrowsAnyAsync<Exception>(() => LocalCluster.StartAsync(1, (_, silo) => silo.AddMoeGrains(o =>
+        {
+            o.Device = "cpu";
+            o.Models["lm"] = checkpoint;
+            o.Offload.ResidentAttentionLayers = -1;
+        }).AddExpertPlugins(TestPaths.Plugins)));
+        Assert.Contains("ResidentAttentionLayers", e.ToString());
+    }
+}
