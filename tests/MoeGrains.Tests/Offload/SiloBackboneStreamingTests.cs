@@ -25,12 +25,7 @@ public sealed class SiloBackboneStreamingTests
             allBytes = local.Backbone.AllBytes;
         }
 
-        await using var cluster = await LocalCluster.StartAsync(1, (_, silo) => silo.AddMoeGrains(o =>
-        {
-            o.Device = "cpu";
-            o.Models["lm"] = checkpoint;
-            o.Offload.ResidentAttentionLayers = 1;
-        }).AddExpertPlugins(TestPaths.Plugins));
+        await using var cluster = await ModelClusters.StartAsync(1, checkpoint, o => o.Offload.ResidentAttentionLayers = 1);
         var grains = Enumerable.Range(0, 2).Select(i => cluster.GrainFactory.GetGrain<IDecoderSessionGrain>(IDecoderSessionGrain.Key("lm", $"streamed-{i}"))).ToArray();
         var actual = await Task.WhenAll(grains.Select(async g =>
         {
@@ -55,12 +50,11 @@ public sealed class SiloBackboneStreamingTests
     {
         using var dir = TestPaths.Temp();
         var checkpoint = TinyLanguageModel.Write(dir.Path, seed: 17, layers: 2, experts: 4);
-        var e = await Assert.ThrowsAnyAsync<Exception>(() => LocalCluster.StartAsync(1, (_, silo) => silo.AddMoeGrains(o =>
+        var e = await Assert.ThrowsAnyAsync<Exception>(async () =>
         {
-            o.Device = "cpu";
-            o.Models["lm"] = checkpoint;
-            o.Offload.ResidentAttentionLayers = -1;
-        }).AddExpertPlugins(TestPaths.Plugins)));
-        Assert.Contains("ResidentAttentionLayers", e.ToString());
+            await using var cluster = await ModelClusters.StartAsync(1, checkpoint, o => o.Offload.ResidentAttentionLayers = -1);
+        });
+        Assert.IsType<Microsoft.Extensions.Options.OptionsValidationException>(e);
+        Assert.Contains("MoeGrains:Offload:ResidentAttentionLayers", e.Message);
     }
 }

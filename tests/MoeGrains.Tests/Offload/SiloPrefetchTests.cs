@@ -61,18 +61,12 @@ public sealed class SiloPrefetchTests(ITestOutputHelper output)
     }
 
     private static Task<LocalCluster> StartAsync(int silos, string checkpoint, Action<MoeGrainsOptions>? offload, bool traces, TempFolder dir) =>
-        LocalCluster.StartAsync(silos, (_, silo) =>
+        ModelClusters.StartAsync(silos, checkpoint, o =>
         {
-            silo.AddMoeGrains(o =>
-            {
-                o.Device = "cpu";
-                o.Models["lm"] = checkpoint;
-                o.ExpertTimeoutMs = 20_000;
-                o.Offload.StoreRoot = dir.File("stores");
-                offload?.Invoke(o);
-            }).AddExpertPlugins(TestPaths.Plugins);
-            if (traces) silo.AddRoutingTraces(o => o.SamplingRate = 1.0);
-        });
+            o.ExpertTimeoutMs = 20_000;
+            o.Offload.StoreRoot = dir.File("stores");
+            offload?.Invoke(o);
+        }, silo => { if (traces) silo.AddRoutingTraces(o => o.SamplingRate = 1.0); });
 
     private static async Task<string> ExportCompleteRoutesAsync(LocalCluster cluster)
     {
@@ -224,14 +218,12 @@ public sealed class SiloPrefetchTests(ITestOutputHelper output)
         });
         var error = await Assert.ThrowsAnyAsync<Exception>(async () =>
         {
-            await using var cluster = await LocalCluster.StartAsync(1, (_, silo) => silo.AddMoeGrains(o =>
+            await using var cluster = await ModelClusters.StartAsync(1, checkpoint, o =>
             {
-                o.Device = "cpu";
-                o.Models["lm"] = checkpoint;
                 o.Offload.DeviceBudgetExperts = BUDGET;
                 o.Offload.Policy = "predictive";
                 o.Offload.Predictors[kind == "unserved" ? "other" : "lm"] = kind == "missing" ? dir.File("none.csv") : file;
-            }).AddExpertPlugins(TestPaths.Plugins));
+            });
         });
         Assert.IsType<OptionsValidationException>(error);
         Assert.Contains("MoeGrains:Offload:Predictors:", error.Message, StringComparison.Ordinal);

@@ -15,14 +15,7 @@ public sealed class CoherentDispatchTests
     {
         using var dir = TestPaths.Temp();
         var checkpoint = TinyLanguageModel.Write(dir.Path, seed: 9, layers: 3, experts: 6);
-        await using var cluster = await LocalCluster.StartAsync(3, (_, silo) => silo
-            .AddMoeGrains(o =>
-            {
-                o.Device = "cpu";
-                o.Models["lm"] = checkpoint;
-                o.ExpertTimeoutMs = 20_000;
-            })
-            .AddExpertPlugins(TestPaths.Plugins));
+        await using var cluster = await ModelClusters.StartAsync(3, checkpoint, o => o.ExpertTimeoutMs = 20_000);
         Assert.Equal(3, (await cluster.GrainFactory.GetGrain<IClusterInfoGrain>(0).Silos()).Length); // started as members
 
         var prompt = TextTokenizers.FromMetadata(SafeTensorsFile.Open(checkpoint).Metadata).Encode("a stitch in time").Select(t => (long)t).ToArray();

@@ -20,14 +20,7 @@ public sealed class RoutingTraceVocabularyTests
     {
         using var dir = TestPaths.Temp();
         var checkpoint = TinyLanguageModel.Write(dir.Path, seed: 6, layers: 3, experts: 4);
-        await using var cluster = await LocalCluster.StartAsync(2, (_, silo) => silo
-            .AddMoeGrains(o =>
-            {
-                o.Device = "cpu";
-                o.Models["lm"] = checkpoint;
-            })
-            .AddExpertPlugins(TestPaths.Plugins)
-            .AddRoutingTraces(o => o.SamplingRate = 1.0));
+        await using var cluster = await ModelClusters.StartAsync(2, checkpoint, silo: s => s.AddRoutingTraces(o => o.SamplingRate = 1.0));
         var tokenizer = TextTokenizers.FromMetadata(SafeTensorsFile.Open(checkpoint).Metadata);
 
         // Three windows fed concurrently through their own sessions (one Append each, as the cluster-trained predictor does).
@@ -141,10 +134,7 @@ public sealed class RoutingTraceVocabularyTests
         using var dir = TestPaths.Temp();
         var checkpoint = dir.File("tiny.safetensors");
         var spec = TinyModel.Create(checkpoint, layers: 1, experts: 4);
-        await using var cluster = await LocalCluster.StartAsync(1, (_, silo) => silo
-            .AddMoeGrains(o => { o.Device = "cpu"; o.Models["tiny"] = checkpoint; })
-            .AddExpertPlugins(TestPaths.Plugins)
-            .AddRoutingTraces());
+        await using var cluster = await ModelClusters.StartAsync(1, checkpoint, silo: s => s.AddRoutingTraces(), model: "tiny");
         using var hidden = randn(3, spec.DModel);
         var layer = cluster.GrainFactory.GetGrain<IMoeLayerGrain>(ExpertKey.Layer("tiny", 0));
         var error = await Assert.ThrowsAsync<TensorValidationException>(() =>
