@@ -320,12 +320,14 @@ internal static class OffloadBenchCommand
     }
 
     // The weights that stay resident besides the experts: embeddings, attention, norms, routers and the output head.
-    private static long NonExpertBytes(SafeTensorsFile checkpoint) => checkpoint.Tensors.Values
-        .Where(t => !t.Name.Contains(".block_sparse_moe.experts.", StringComparison.Ordinal)).Sum(t => t.ByteLength);
+    // Counted as float32 on the device (what the stages and routers compute in), whatever the checkpoint's dtype.
+    private static long NonExpertBytes(SafeTensorsFile checkpoint) => Float32Bytes(checkpoint, name => !name.Contains(".block_sparse_moe.experts.", StringComparison.Ordinal));
 
     // The routers' weights (resident in the offloaded model).
-    private static long RouterBytes(SafeTensorsFile checkpoint) => checkpoint.Tensors.Values
-        .Where(t => t.Name.Contains(".block_sparse_moe.gate.", StringComparison.Ordinal)).Sum(t => t.ByteLength);
+    private static long RouterBytes(SafeTensorsFile checkpoint) => Float32Bytes(checkpoint, name => name.Contains(".block_sparse_moe.gate.", StringComparison.Ordinal));
+
+    private static long Float32Bytes(SafeTensorsFile checkpoint, Func<string, bool> which) => checkpoint.Tensors.Values
+        .Where(t => which(t.Name)).Sum(t => t.Shape.Aggregate(1L, (a, b) => a * b) * sizeof(float));
 
     /// <summary>The share of <paramref name="all"/> bytes not on the device when <paramref name="used"/> are.</summary>
     private static double Saved(long used, long all) => Math.Round(1 - (double)used / all, 4);
@@ -403,7 +405,7 @@ internal static class OffloadBenchCommand
         {
             PeakDeviceNonExpertBytes = batcher.Backbone.PeakDeviceBytes + routerBytes,
             AttentionBytesCopied = batcher.Backbone.Streaming?.BytesCopied,
-            ResidentAttentionLayers = backbone.ResidentAttentionLayers > 0 && backbone.ResidentAttentionLayers < store.Spec.Layers ? backbone.ResidentAttentionLayers : store.Spec.Layers,
+            ResidentAttentionLayers = batcher.Backbone.Streamed ? backbone.ResidentAttentionLayers : store.Spec.Layers,
         };
     }
 

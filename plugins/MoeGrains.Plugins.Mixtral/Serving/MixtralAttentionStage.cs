@@ -31,7 +31,7 @@ public sealed class MixtralAttentionStage : ISharedStage
 
     public ExpertDescriptor Descriptor { get; }
 
-    /// <summary>Positions seen so far.</summary>
+    /// <summary>Positions seen so far by the single-session <see cref="Forward(Tensor)"/> (shared use keeps them in each session's state).</summary>
     public long Position => _cache.Position;
 
     public Tensor Forward(Tensor hiddenStates) => Attend(hiddenStates, _cache);

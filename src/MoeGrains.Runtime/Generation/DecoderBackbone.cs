@@ -31,8 +31,8 @@ public sealed record BackboneStreamingStats(long Accesses, long Hits, long Loads
 /// <see cref="BackboneOptions.ResidentAttentionLayers"/> below the block count, attention weights are streamed layer by
 /// layer from host memory. Device bytes of the weights are counted (<see cref="DeviceBytes"/>,
 /// <see cref="PeakDeviceBytes"/>). Sessions may call it from several threads: it runs one stage call at a time (its
-/// modules are shared; on a silo the device lane orders the calls anyway), and the streaming cache pins a block's stage
-/// while it computes.
+/// modules are shared; on a silo the device lane orders the calls anyway), each inside a dispose scope, and the
+/// streaming cache pins a block's stage while it computes.
 /// </summary>
 public sealed class DecoderBackbone : IDisposable
 {
@@ -50,18 +50,15 @@ public sealed class DecoderBackbone : IDisposable
     private readonly HostExpertWeights[]? _hostAttention;
     private readonly DeviceExpertCache<OffloadedMoeModel.ResidentExpert>? _streamed;
     private readonly long[] _attentionBytes;
-    private long _deviceBytes, _peakDeviceBytes;
-    private int _lastLayer;
     private readonly Lock _compute = new();
+    private DeviceBytes _deviceBytes;
+    private int _lastLayer;
+    private bool _disposed;
 
     private DecoderBackbone(PluginCatalog plugins, ModelSpec spec, SafeTensorsFile checkpoint, Device device, IServiceProvider services, BackboneOptions options)
     {
         (_plugins, Spec, Device, _services, Options) = (plugins, spec, device, services, options);
-        if (!checkpoint.Metadata.TryGetValue(BackbonePluginKey, out var backbone) || backbone.Length == 0)
-        {
-            throw new CheckpointException($"Checkpoint '{checkpoint.Path}' has no '{BackbonePluginKey}': it holds MoE layers only, not a language model.");
-        }
-        _backbone = backbone;
+        _backbone = PluginName(checkpoint);
         _settings = checkpoint.Metadata;
         ContextLength = checkpoint.Metadata.TryGetValue("max_position_embeddings", out var c) && int.TryParse(c, out var n) && n > 0
             ? n : throw new CheckpointException($"Checkpoint '{checkpoint.Path}': metadata 'max_position_embeddings' is missing.");
@@ -69,58 +66,48 @@ public sealed class DecoderBackbone : IDisposable
         {
             throw new ArgumentOutOfRangeException(nameof(options), options.ResidentAttentionLayers, "ResidentAttentionLayers must not be negative.");
         }
+        Shareable = CanShare(plugins, checkpoint);
+        var streamed = options.ResidentAttentionLayers > 0 && options.ResidentAttentionLayers < spec.Layers;
+        if (streamed && !Shareable)
+        {
+            throw new ArgumentException($"Streaming attention weights needs '{_backbone}-attention' stages that keep their KV cache apart ({nameof(ISharedStage)}); this one does not.", nameof(options));
+        }
         _attention = new IExpert?[spec.Layers];
         _norms = new IExpert[spec.Layers];
         _attentionBytes = new long[spec.Layers];
         try
         {
-            _embed = Resident(Stage("embed", -1, Load(checkpoint, ("weight", "model.embed_tokens.weight"))));
-            var streamed = options.ResidentAttentionLayers > 0 && options.ResidentAttentionLayers < spec.Layers;
-            if (streamed)
-            {
-                _hostAttention = new HostExpertWeights[spec.Layers];
-            }
+            _embed = Resident("embed", -1, checkpoint, ("weight", "model.embed_tokens.weight"));
+            _hostAttention = streamed ? new HostExpertWeights[spec.Layers] : null;
             for (var layer = 0; layer < spec.Layers; layer++)
             {
                 var names = Under(checkpoint, $"model.layers.{layer}.", "input_layernorm.", "self_attn.");
-                if (streamed)
+                if (_hostAttention is not null)
                 {
-                    _hostAttention![layer] = Host(checkpoint, names);
+                    _hostAttention[layer] = Host(checkpoint, names);
                     _attentionBytes[layer] = _hostAttention[layer].Weights.Values.Sum(w => (long)w.Values.Length * sizeof(float));
                 }
                 else
                 {
-                    var stage = Resident(Stage("attention", layer, Load(checkpoint, names)));
-                    _attention[layer] = stage;
-                    _attentionBytes[layer] = stage.Descriptor.ParameterBytes;
+                    _attention[layer] = Resident("attention", layer, checkpoint, names);
+                    _attentionBytes[layer] = _attention[layer]!.Descriptor.ParameterBytes;
                 }
-                _norms[layer] = Resident(Stage("norm", layer, Load(checkpoint, ("weight", $"model.layers.{layer}.post_attention_layernorm.weight"))));
+                _norms[layer] = Resident("norm", layer, checkpoint, ("weight", $"model.layers.{layer}.post_attention_layernorm.weight"));
             }
-            _head = Resident(Stage("head", -1, Load(checkpoint, ("norm.weight", "model.norm.weight"),
-                ("lm_head.weight", checkpoint.Tensors.ContainsKey("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight"))));
+            _head = Resident("head", -1, checkpoint, ("norm.weight", "model.norm.weight"),
+                ("lm_head.weight", checkpoint.Tensors.ContainsKey("lm_head.weight") ? "lm_head.weight" : "model.embed_tokens.weight"));
             VocabSize = _head.Descriptor.OutputDim;
-            if (streamed)
+            if (_hostAttention is not null)
             {
-                // The first block's stage tells whether stages can be remade without losing a session's KV cache.
-                using (var probe = Stage("attention", 0, _hostAttention![0]))
-                {
-                    if (probe is not ISharedStage)
-                    {
-                        throw new ArgumentException($"Streaming attention weights needs '{_backbone}-attention' stages that keep their KV cache apart ({nameof(ISharedStage)}); this one does not.", nameof(options));
-                    }
-                }
-                Shareable = true;
+                var host = _hostAttention;
                 _streamed = new DeviceExpertCache<OffloadedMoeModel.ResidentExpert>(new ExpertCacheBudget(options.ResidentAttentionLayers), ExpertCachePolicy.Predictive,
-                    id => _attentionBytes[id.Layer], id => (new OffloadedMoeModel.ResidentExpert(_hostAttention[id.Layer]), _attentionBytes[id.Layer]))
+                    id => _attentionBytes[id.Layer], id => (new OffloadedMoeModel.ResidentExpert(host[id.Layer]), _attentionBytes[id.Layer]))
                 {
                     ReportsMetrics = false,
-                    // Blocks run in order, cycling: the block whose turn is farthest from the one running now goes first.
-                    NextUse = id => (id.Layer - Volatile.Read(ref _lastLayer) + spec.Layers) % spec.Layers,
+                    // Blocks run in order, cycling: the block whose turn is farthest from the one running now goes first
+                    // (read under the compute lock, in Acquire).
+                    NextUse = id => (id.Layer - _lastLayer + spec.Layers) % spec.Layers,
                 };
-            }
-            else
-            {
-                Shareable = _attention.All(a => a is ISharedStage);
             }
         }
         catch
@@ -136,6 +123,17 @@ public sealed class DecoderBackbone : IDisposable
         ArgumentNullException.ThrowIfNull(checkpoint);
         return new DecoderBackbone(plugins, spec, checkpoint, device, services, options ?? new BackboneOptions());
     }
+
+    /// <summary>Whether sessions of <paramref name="checkpoint"/> can share a backbone: its attention plugin is an <see cref="ISharedStage"/> (nothing is loaded).</summary>
+    public static bool CanShare(PluginCatalog plugins, SafeTensorsFile checkpoint)
+    {
+        ArgumentNullException.ThrowIfNull(plugins);
+        return plugins.TryGet($"{PluginName(checkpoint)}-attention", out var entry) && entry.Type.IsAssignableTo(typeof(ISharedStage));
+    }
+
+    private static string PluginName(SafeTensorsFile checkpoint) =>
+        checkpoint.Metadata.TryGetValue(BackbonePluginKey, out var backbone) && backbone.Length > 0 ? backbone
+            : throw new CheckpointException($"Checkpoint '{checkpoint.Path}' has no '{BackbonePluginKey}': it holds MoE layers only, not a language model.");
 
     public ModelSpec Spec { get; }
 
@@ -155,13 +153,13 @@ public sealed class DecoderBackbone : IDisposable
     public bool Streamed => _streamed is not null;
 
     /// <summary>Bytes of backbone weights that are device tensors now.</summary>
-    public long DeviceBytes => Interlocked.Read(ref _deviceBytes);
+    public long DeviceBytes => _deviceBytes.Now;
 
     /// <summary>The most bytes of backbone weights that were device tensors at once.</summary>
-    public long PeakDeviceBytes => Interlocked.Read(ref _peakDeviceBytes);
+    public long PeakDeviceBytes => _deviceBytes.Peak;
 
     /// <summary>Bytes of all the backbone's weights (what is resident when nothing is streamed).</summary>
-    public long AllBytes => _resident.Where(s => !_attention.Contains(s)).Sum(s => s.Descriptor.ParameterBytes) + _attentionBytes.Sum();
+    public long AllBytes => _resident.Sum(s => s.Descriptor.ParameterBytes) + (_hostAttention is null ? 0 : _attentionBytes.Sum());
 
     /// <summary>The streaming cache's figures (null when every block's attention is resident).</summary>
     public BackboneStreamingStats? Streaming => _streamed?.Stats() is { } s
@@ -169,7 +167,57 @@ public sealed class DecoderBackbone : IDisposable
 
     public Tensor Embed(Tensor ids)
     {
-        lock (_compute) return Scoped(() => _embed.Forward(ids));
+        lock (_compute)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return Scoped(() => _embed.Forward(ids));
+        }
+    }
+
+    /// <summary>
+    /// Block <paramref name="layer"/>'s attention for the session whose state of that block is <paramref name="state"/>
+    /// (made here on its first use when the stage is an <see cref="ISharedStage"/>; null for stages that keep it themselves).
+    /// </summary>
+    public Tensor Attend(int layer, Tensor x, ref IDisposable? state)
+    {
+        lock (_compute)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            _lastLayer = layer;
+            if (_streamed is null)
+            {
+                var stage = _attention[layer]!;
+                if (stage is not ISharedStage resident)
+                {
+                    return Scoped(() => stage.Forward(x));
+                }
+                var own = state ??= resident.CreateState();
+                return Scoped(() => resident.Forward(x, own));
+            }
+            // The stage is pinned while it computes (the plugin detaches its parameters from any caller's dispose scope).
+            using var lease = _streamed.Acquire(new ExpertId(layer, 0, "attention"));
+            var streamed = (ISharedStage)Materialise(lease.Value, layer);
+            var mine = state ??= streamed.CreateState();
+            return Scoped(() => streamed.Forward(x, mine));
+        }
+    }
+
+    public Tensor Norm(int layer, Tensor h)
+    {
+        lock (_compute)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return Scoped(() => _norms[layer].Forward(h));
+        }
+    }
+
+    public Tensor Head(Tensor rows)
+    {
+        lock (_compute)
+        {
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return Scoped(() => _head.Forward(rows));
+        }
     }
 
     // A stage call inside a dispose scope: every temporary it makes is held (not left to the finalizer thread, which can
@@ -181,89 +229,60 @@ public sealed class DecoderBackbone : IDisposable
         return call().MoveToOuterDisposeScope();
     }
 
-    /// <summary>
-    /// Block <paramref name="layer"/>'s attention for the session whose state of that block is <paramref name="state"/>
-    /// (made here on its first use when the stage is an <see cref="ISharedStage"/>; null for stages that keep it themselves).
-    /// </summary>
-    public Tensor Attend(int layer, Tensor x, ref IDisposable? state)
-    {
-        lock (_compute)
-        {
-            Volatile.Write(ref _lastLayer, layer);
-            if (_streamed is null)
-            {
-                var stage = _attention[layer]!;
-                if (stage is not ISharedStage resident)
-                {
-                    return Scoped(() => stage.Forward(x));
-                }
-                state ??= resident.CreateState();
-                return Forward(resident, x, state);
-            }
-            // The stage is made (outside any dispose scope: its modules keep their parameters) and pinned while it computes.
-            using var lease = _streamed.Acquire(new ExpertId(layer, 0, "attention"));
-            var streamed = (ISharedStage)Materialise(lease.Value, layer);
-            state ??= streamed.CreateState();
-            return Forward(streamed, x, state);
-        }
-    }
-
-    private static Tensor Forward(ISharedStage stage, Tensor x, IDisposable state)
-    {
-        using var scope = NewDisposeScope();
-        return stage.Forward(x, state).MoveToOuterDisposeScope();
-    }
-
-    public Tensor Norm(int layer, Tensor h)
-    {
-        lock (_compute) return Scoped(() => _norms[layer].Forward(h));
-    }
-
-    public Tensor Head(Tensor rows)
-    {
-        lock (_compute) return Scoped(() => _head.Forward(rows));
-    }
-
-    // Sessions that reach a block together share its lease: the first makes the stage, the others wait for it.
+    // Under the compute lock: the block's stage, made from its host weights on first use after a load.
     private IExpert Materialise(OffloadedMoeModel.ResidentExpert resident, int layer)
     {
-        lock (resident)
+        if (resident.Expert is { } made)
         {
-            if (resident.Expert is { } made)
+            return made;
+        }
+        var expert = resident.Get(host =>
+        {
+            using var weights = host.ToTensors(Device);
+            return Create("attention", layer, weights.Weights);
+        });
+        var bytes = _attentionBytes[layer];
+        _deviceBytes.Add(bytes);
+        resident.Released = () => _deviceBytes.Add(-bytes);
+        return expert;
+    }
+
+    // A stage that stays on the device, made from the checkpoint's tensors.
+    private IExpert Resident(string role, int layer, SafeTensorsFile checkpoint, params (string Local, string Name)[] names)
+    {
+        var loaded = new Dictionary<string, Tensor>(StringComparer.Ordinal);
+        try
+        {
+            foreach (var (local, name) in names)
             {
-                return made;
+                loaded[local] = checkpoint.Load(name, Device);
             }
-            var expert = resident.Get(host => Stage("attention", layer, host));
-            var bytes = _attentionBytes[layer];
-            AddDeviceBytes(bytes);
-            resident.Released = () => AddDeviceBytes(-bytes);
-            return expert;
+            var stage = Create(role, layer, loaded);
+            _resident.Add(stage);
+            _deviceBytes.Add(stage.Descriptor.ParameterBytes);
+            return stage;
         }
-    }
-
-    private void AddDeviceBytes(long bytes)
-    {
-        var now = Interlocked.Add(ref _deviceBytes, bytes);
-        long peak;
-        while (now > (peak = Interlocked.Read(ref _peakDeviceBytes)) && Interlocked.CompareExchange(ref _peakDeviceBytes, now, peak) != peak)
+        finally
         {
+            foreach (var t in loaded.Values) t.Dispose();
         }
     }
 
-    private IExpert Resident(IExpert stage)
-    {
-        _resident.Add(stage);
-        AddDeviceBytes(stage.Descriptor.ParameterBytes);
-        return stage;
-    }
+    private IExpert Create(string role, int layer, IReadOnlyDictionary<string, Tensor> weights) =>
+        _plugins.Create<IExpert>($"{_backbone}-{role}", PluginKind.Expert, new PluginContext
+        {
+            Id = layer < 0 ? $"{Spec.Name}/{role}" : $"{Spec.Name}/{layer}/{role}",
+            Layer = Math.Max(layer, 0),
+            Device = Device,
+            Settings = _settings,
+            Weights = weights,
+        }, _services);
 
     private static (string Local, string Name)[] Under(SafeTensorsFile checkpoint, string prefix, params string[] parts) => checkpoint.Tensors.Keys
         .Where(k => k.StartsWith(prefix, StringComparison.Ordinal) && parts.Any(p => k.AsSpan(prefix.Length).StartsWith(p, StringComparison.Ordinal)))
         .Select(k => (k[prefix.Length..], k)).ToArray();
 
-    private static HostExpertWeights Load(SafeTensorsFile checkpoint, params (string Local, string Name)[] names) => Host(checkpoint, names);
-
-    // The weights in host memory, as float32 (the stages compute in float32).
+    // A streamed block's weights in host memory, as float32 (the stages compute in float32).
     private static HostExpertWeights Host(SafeTensorsFile checkpoint, (string Local, string Name)[] names)
     {
         var weights = new Dictionary<string, (float[] Values, long[] Shape)>(StringComparer.Ordinal);
@@ -278,24 +297,23 @@ public sealed class DecoderBackbone : IDisposable
         return new HostExpertWeights(weights, read);
     }
 
-    private IExpert Stage(string role, int layer, HostExpertWeights host)
-    {
-        // No dispose scope here: the stages' modules keep the parameters they make.
-        using var weights = host.ToTensors(Device);
-        return _plugins.Create<IExpert>($"{_backbone}-{role}", PluginKind.Expert, new PluginContext
-        {
-            Id = layer < 0 ? $"{Spec.Name}/{role}" : $"{Spec.Name}/{layer}/{role}",
-            Layer = Math.Max(layer, 0),
-            Device = Device,
-            Settings = _settings,
-            Weights = weights.Weights,
-        }, _services);
-    }
-
+    /// <summary>Frees the weights; a call after this (a late session step) fails with <see cref="ObjectDisposedException"/>.</summary>
     public void Dispose()
     {
-        _streamed?.Dispose();
-        foreach (var s in _resident) s.Dispose();
-        _resident.Clear();
+        lock (_compute)
+        {
+            if (_disposed)
+            {
+                return;
+            }
+            _disposed = true;
+            _streamed?.Dispose();
+            foreach (var s in _resident)
+            {
+                _deviceBytes.Add(-s.Descriptor.ParameterBytes);
+                s.Dispose();
+            }
+            _resident.Clear();
+        }
     }
 }

@@ -34,6 +34,7 @@ public sealed class DecoderSession : IDisposable
     private readonly MoeLayerCallAsync _moe;
     private readonly IComputeLane _lane;
     private readonly IDisposable? _owned;
+    private bool _disposed;
 
     private DecoderSession(DecoderBackbone backbone, bool ownsBackbone, MoeLayerCallAsync moe, IComputeLane lane, IDisposable? owned)
     {
@@ -161,6 +162,7 @@ public sealed class DecoderSession : IDisposable
         {
             throw new GenerationRequestException($"Token ids must be in 0..{VocabSize - 1}.");
         }
+        ObjectDisposedException.ThrowIf(_disposed, this);
         using var ids = tensor(tokens);
         return _backbone.Embed(ids);
     }
@@ -168,8 +170,18 @@ public sealed class DecoderSession : IDisposable
     /// <summary>Block <paramref name="layer"/>'s attention (appending to its KV cache) and its norm: the residual stream and the MoE input.</summary>
     public (Tensor Hidden, Tensor Normed) Attend(int layer, Tensor x)
     {
+        // A closed session has no KV cache left: it must not start an empty one.
+        ObjectDisposedException.ThrowIf(_disposed, this);
         var h = _backbone.Attend(layer, x, ref _states[layer]);
-        return (h, _backbone.Norm(layer, h));
+        try
+        {
+            return (h, _backbone.Norm(layer, h));
+        }
+        catch
+        {
+            h.Dispose();
+            throw;
+        }
     }
 
     /// <summary>The output head: next-token logits after the last row, or after each row.</summary>
@@ -255,6 +267,7 @@ public sealed class DecoderSession : IDisposable
 
     public void Dispose()
     {
+        _disposed = true;
         foreach (var state in _states) state?.Dispose();
         Array.Clear(_states);
         if (_ownsBackbone) _backbone.Dispose();

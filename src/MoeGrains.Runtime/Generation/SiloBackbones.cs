@@ -1,7 +1,6 @@
 using Microsoft.Extensions.Options;
 using MoeGrains.Devices;
 using MoeGrains.Hosting;
-using MoeGrains.Dispatch;
 using MoeGrains.Models;
 using MoeGrains.Plugins;
 
@@ -40,13 +39,12 @@ public sealed class SiloBackbones(ModelCatalog models, PluginCatalog plugins, Si
             {
                 return known;
             }
-            var backbone = DecoderBackbone.Load(plugins, models.Get(model), models.File(model), device.Device, services,
-                new BackboneOptions { ResidentAttentionLayers = options.Value.Offload.ResidentAttentionLayers });
-            if (!backbone.Shareable)
-            {
-                backbone.Dispose();
-                backbone = null;
-            }
+            var file = models.File(model);
+            // Stages that keep their KV cache inside cannot be shared (nor streamed): each session loads its own.
+            var backbone = DecoderBackbone.CanShare(plugins, file)
+                ? DecoderBackbone.Load(plugins, models.Get(model), file, device.Device, services,
+                    new BackboneOptions { ResidentAttentionLayers = options.Value.Offload.ResidentAttentionLayers })
+                : null;
             _backbones[model] = backbone;
             return backbone;
         }

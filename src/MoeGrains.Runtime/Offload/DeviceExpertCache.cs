@@ -330,12 +330,26 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
         if (hit)
         {
             _hits++;
-            if (ReportsMetrics) MoeGrainsMetrics.OffloadHits.Add(1);
         }
-        else
+        if (ReportsMetrics)
         {
-            if (ReportsMetrics) MoeGrainsMetrics.OffloadMisses.Add(1);
+            (hit ? MoeGrainsMetrics.OffloadHits : MoeGrainsMetrics.OffloadMisses).Add(1);
         }
+    }
+
+    // The moegrains.offload.* instruments, when this cache reports to them.
+    private void ResidentChanged(long bytes, int experts)
+    {
+        if (!ReportsMetrics) return;
+        MoeGrainsMetrics.OffloadResidentBytes.Add(bytes);
+        MoeGrainsMetrics.OffloadResidentExperts.Add(experts);
+    }
+
+    private void Loaded(long bytesRead)
+    {
+        if (!ReportsMetrics) return;
+        MoeGrainsMetrics.OffloadLoads.Add(1);
+        MoeGrainsMetrics.OffloadBytesRead.Add(bytesRead);
     }
 
     private Entry Reserve(ExpertId id, long bytes)
@@ -345,8 +359,7 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
         _residentBytes += bytes;
         _peakBytes = Math.Max(_peakBytes, _residentBytes);
         _peakExperts = Math.Max(_peakExperts, _entries.Count);
-        if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentBytes.Add(bytes);
-        if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentExperts.Add(1);
+        ResidentChanged(bytes, 1);
         return entry;
     }
 
@@ -367,8 +380,7 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
                 entry.Loading = null;
                 _bytesRead += read;
             }
-            if (ReportsMetrics) MoeGrainsMetrics.OffloadLoads.Add(1);
-            if (ReportsMetrics) MoeGrainsMetrics.OffloadBytesRead.Add(read);
+            Loaded(read);
         }
         catch (Exception e)
         {
@@ -379,8 +391,7 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
                 {
                     _entries.Remove(entry.Id);
                     _residentBytes -= entry.Bytes;
-                    if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentBytes.Add(-entry.Bytes);
-                    if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentExperts.Add(-1);
+                    ResidentChanged(-entry.Bytes, -1);
                 }
             }
             throw;
@@ -413,8 +424,7 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
             _entries.Remove(v.Id);
             _residentBytes -= v.Bytes;
             _evictions++;
-            if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentBytes.Add(-v.Bytes);
-            if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentExperts.Add(-1);
+            ResidentChanged(-v.Bytes, -1);
             v.Value?.Dispose();
             v.Value = null;
         }
@@ -461,8 +471,7 @@ public sealed class DeviceExpertCache<T> : IDisposable where T : class, IDisposa
             foreach (var e in _entries.Values)
             {
                 e.Value?.Dispose();
-                if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentBytes.Add(-e.Bytes);
-                if (ReportsMetrics) MoeGrainsMetrics.OffloadResidentExperts.Add(-1);
+                ResidentChanged(-e.Bytes, -1);
             }
             _entries.Clear();
             _residentBytes = 0;

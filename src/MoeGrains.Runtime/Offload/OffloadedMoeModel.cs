@@ -56,7 +56,8 @@ public sealed class OffloadedMoeModel : IDisposable
     private readonly Lock _gate = new();
     private readonly long _largestExpertBytes;
     private HashSet<int>? _predictedNext;
-    private long _predicted, _used, _correct, _deviceBytes, _peakDeviceBytes;
+    private long _predicted, _used, _correct;
+    private DeviceBytes _deviceBytes;
 
     public OffloadedMoeModel(PluginCatalog plugins, ExpertWeightStore store, IServiceProvider services, OffloadOptions options,
         RoutingPathPredictor? predictor = null, string? routerCheckpoint = null, Device? device = null)
@@ -102,10 +103,10 @@ public sealed class OffloadedMoeModel : IDisposable
     /// device tensors when it is first used; until then (prefetched, being read) its weights wait in host memory, though
     /// the cache's budget already counts them.
     /// </summary>
-    public long DeviceExpertBytes => Interlocked.Read(ref _deviceBytes);
+    public long DeviceExpertBytes => _deviceBytes.Now;
 
     /// <inheritdoc cref="DeviceExpertBytes"/>
-    public long PeakDeviceExpertBytes => Interlocked.Read(ref _peakDeviceBytes);
+    public long PeakDeviceExpertBytes => _deviceBytes.Peak;
 
     public PredictionStats Prediction
     {
@@ -131,12 +132,8 @@ public sealed class OffloadedMoeModel : IDisposable
         }
         var bytes = _store.Entry(id.Layer, id.Expert).DeviceBytes;
         var expert = resident.Get(host => CreateExpert(_plugins, Spec, id, host, Device, _services));
-        var now = Interlocked.Add(ref _deviceBytes, bytes);
-        long peak;
-        while (now > (peak = Interlocked.Read(ref _peakDeviceBytes)) && Interlocked.CompareExchange(ref _peakDeviceBytes, now, peak) != peak)
-        {
-        }
-        resident.Released = () => Interlocked.Add(ref _deviceBytes, -bytes);
+        _deviceBytes.Add(bytes);
+        resident.Released = () => _deviceBytes.Add(-bytes);
         return expert;
     }
 

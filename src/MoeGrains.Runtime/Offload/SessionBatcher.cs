@@ -33,11 +33,14 @@ public sealed class SessionBatcher : IDisposable
         var spec = ModelSpec.FromCheckpoint(model.Spec.Name, file);
         try
         {
-            _backbone = DecoderBackbone.Load(plugins, spec, file, model.Device, services, backbone);
+            // One backbone for all the sessions when its stages can be shared; else (a plugin that keeps its KV cache
+            // inside) a backbone per session.
+            _backbone = DecoderBackbone.CanShare(plugins, file) ? DecoderBackbone.Load(plugins, spec, file, model.Device, services, backbone) : null;
             for (var i = 0; i < sessions; i++)
             {
                 var slot = i;
-                _sessions.Add(DecoderSession.Create(_backbone, (layer, hidden, ct) => Arrive(slot, layer, hidden, ct)));
+                MoeLayerCallAsync moe = (layer, hidden, ct) => Arrive(slot, layer, hidden, ct);
+                _sessions.Add(_backbone is not null ? DecoderSession.Create(_backbone, moe) : DecoderSession.Create(plugins, spec, file, model.Device, services, moe));
             }
         }
         catch
@@ -50,8 +53,8 @@ public sealed class SessionBatcher : IDisposable
 
     public IReadOnlyList<DecoderSession> Sessions => _sessions;
 
-    /// <summary>The backbone weights all the sessions share.</summary>
-    public DecoderBackbone Backbone => _backbone ?? throw new ObjectDisposedException(nameof(SessionBatcher));
+    /// <summary>The backbone weights all the sessions share (the first session's own when they cannot share one).</summary>
+    public DecoderBackbone Backbone => _backbone ?? _sessions[0].Backbone;
 
     /// <summary>Mean distinct experts per layer call so far (what token scheduling lowers).</summary>
     public double DistinctExpertsPerLayerCall => _layerCalls == 0 ? 0 : (double)_distinct / _layerCalls;
