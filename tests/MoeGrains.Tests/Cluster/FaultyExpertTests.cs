@@ -45,7 +45,9 @@ public sealed class FaultyExpertTests(FaultClusterFixture fixture) : IClassFixtu
         using var x = ones(3, FaultClusterFixture.DModel);
         var sw = Stopwatch.StartNew();
         var result = await Layer(0).Forward(new MoeLayerRequest(WireTensor.FromTensor(x)) { ExpertTimeoutMs = 3000 });
-        Assert.True(sw.ElapsedMilliseconds < 7000, $"took {sw.ElapsedMilliseconds} ms with a 3000 ms deadline (the hung expert sleeps 10 s)");
+        // Below the hung expert's 10 s is what shows the deadline held; the margin over 3 s is for the first cluster call of a
+        // loaded test run (a clean-clone CI run took 7.3 s here at start-up).
+        Assert.True(sw.ElapsedMilliseconds < 9000, $"took {sw.ElapsedMilliseconds} ms with a 3000 ms deadline (the hung expert sleeps 10 s)");
         Assert.Equal([2, 3, 4], result.FailedExperts);
         Assert.Contains(result.Calls, c => c.Expert == 2 && c.Error!.Contains("injected failure"));
         Assert.Contains(result.Calls, c => c.Expert == 3 && c.Error!.Contains("non-finite"));
