@@ -120,14 +120,22 @@ public sealed class QueryRouter
     public RouteDecision[] Route(Tensor embeddings)
     {
         ArgumentNullException.ThrowIfNull(embeddings);
-        var chosen = _router.Route(embeddings);
-        float[][] scores = _router.Match == PilotMatch.MeanSimilarity ? _router.ExpertSimilarities(embeddings) : NearestPilotScores(embeddings);
-        return [.. chosen.Select((e, i) => new RouteDecision(e,
-            Kind == RouterKind.WeightedFusion ? Softmax(scores[i], WEIGHT_TEMPERATURE) : OneHot(e, Experts.Count), scores[i]))];
+        // One similarity pass: the per-expert scores (mean, or nearest pilot's) give both the choice and the weights.
+        float[][] scores = _router.Match == PilotMatch.MeanSimilarity ? _router.ExpertSimilarities(embeddings) : _router.ExpertMaxSimilarities(embeddings);
+        return [.. scores.Select(s =>
+        {
+            var e = ArgMax(s);
+            return new RouteDecision(e, Kind == RouterKind.WeightedFusion ? Softmax(s, WEIGHT_TEMPERATURE) : OneHot(e, Experts.Count), s);
+        })];
     }
 
-    /// <summary>Per expert, the similarity of its nearest pilot (−∞ for an expert without pilots).</summary>
-    private float[][] NearestPilotScores(Tensor embeddings) => _router.ExpertMaxSimilarities(embeddings);
+    // The first best score (as the router's argmax).
+    private static int ArgMax(float[] scores)
+    {
+        var best = 0;
+        for (var i = 1; i < scores.Length; i++) if (scores[i] > scores[best]) best = i;
+        return best;
+    }
 
     private static float[] OneHot(int index, int count)
     {
