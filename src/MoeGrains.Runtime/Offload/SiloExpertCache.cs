@@ -141,6 +141,7 @@ public sealed class SiloExpertCache : IDisposable
     private readonly ILogger<SiloExpertCache> _logger;
     private readonly Dictionary<string, ExpertWeightStore> _stores = new(StringComparer.Ordinal);
     private readonly Dictionary<ExpertId, long> _uses = [];
+    private readonly Dictionary<(string Model, int Layer), long> _mostUses = []; // the most uses of any expert of the layer
     private readonly Dictionary<string, int> _lastLayer = new(StringComparer.Ordinal);
     private readonly Dictionary<ExpertId, double> _hinted = [];                          // prefetch hints not yet used: P(used next step)
     private readonly Dictionary<(string Model, int Layer), HashSet<int>> _running = [];  // experts of a running layer step, not yet acquired
@@ -229,7 +230,8 @@ public sealed class SiloExpertCache : IDisposable
         var id = new ExpertId(layer, index, model);
         lock (_gate)
         {
-            _uses[id] = _uses.GetValueOrDefault(id) + 1;
+            var uses = _uses[id] = _uses.GetValueOrDefault(id) + 1;
+            if (uses > _mostUses.GetValueOrDefault((model, layer))) _mostUses[(model, layer)] = uses;
             _lastLayer[model] = layer;
             _hinted.Remove(id);
             if (_running.TryGetValue((model, layer), out var running))
@@ -368,11 +370,7 @@ public sealed class SiloExpertCache : IDisposable
             var last = _lastLayer.GetValueOrDefault(id.Model!);
             var distance = (id.Layer - last + layers) % layers;
             if (distance == 0) distance = layers;
-            long most = 1;
-            foreach (var (other, n) in _uses)
-            {
-                if (other.Model == id.Model && other.Layer == id.Layer && n > most) most = n;
-            }
+            var most = Math.Max(1, _mostUses.GetValueOrDefault((id.Model!, id.Layer)));
             var p = Math.Max(Math.Max((double)_uses.GetValueOrDefault(id) / most, _hinted.GetValueOrDefault(id)), 1e-3);
             return distance + layers * (1 - p) / p;
         }
