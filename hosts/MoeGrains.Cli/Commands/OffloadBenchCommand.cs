@@ -96,7 +96,7 @@ internal static class OffloadBenchCommand
                     runs.AddRange(m.Runs);
                     if (!parse.GetValue(skipCluster) && (_only is null || _only.StartsWith("cluster", StringComparison.Ordinal)))
                     {
-                        runs.AddRange(await OffloadClusterBench.RunAsync(path, m.Predictor, m.Prompts, parse.GetValue(newTokens), m.ExpertsPerSilo, Want, t => Log(progress, t), ct));
+                        runs.AddRange(await OffloadClusterBench.RunAsync(path, m.Predictor, m.Prompts, parse.GetValue(newTokens), m.ExpertsPerSilo, parse.GetValue(attentionLayers), Want, t => Log(progress, t), ct));
                     }
                     (modelInfo, quant, greedy, allBytes, nonExpert) = (m.Info, m.Quantisation, m.Greedy, m.AllBytes, m.NonExpertBytes);
                 }

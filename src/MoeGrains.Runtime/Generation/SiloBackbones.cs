@@ -50,6 +50,15 @@ public sealed class SiloBackbones(ModelCatalog models, PluginCatalog plugins, Si
         }
     }
 
+    /// <summary>The model's shared backbone if a session has loaded it on this silo (nothing is loaded here).</summary>
+    public DecoderBackbone? Loaded(string model)
+    {
+        lock (_gate)
+        {
+            return _backbones.GetValueOrDefault(model);
+        }
+    }
+
     /// <summary>Device bytes of the shared backbones, per model.</summary>
     public IReadOnlyDictionary<string, long> DeviceBytes() => Each(b => b.DeviceBytes);
 
