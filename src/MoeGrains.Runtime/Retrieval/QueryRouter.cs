@@ -124,17 +124,9 @@ public sealed class QueryRouter
         float[][] scores = _router.Match == PilotMatch.MeanSimilarity ? _router.ExpertSimilarities(embeddings) : _router.ExpertMaxSimilarities(embeddings);
         return [.. scores.Select(s =>
         {
-            var e = ArgMax(s);
+            var e = Generation.TokenSampler.ArgMax(s); // the first best score, as the router's argmax
             return new RouteDecision(e, Kind == RouterKind.WeightedFusion ? Softmax(s, WEIGHT_TEMPERATURE) : OneHot(e, Experts.Count), s);
         })];
-    }
-
-    // The first best score (as the router's argmax).
-    private static int ArgMax(float[] scores)
-    {
-        var best = 0;
-        for (var i = 1; i < scores.Length; i++) if (scores[i] > scores[best]) best = i;
-        return best;
     }
 
     private static float[] OneHot(int index, int count)
