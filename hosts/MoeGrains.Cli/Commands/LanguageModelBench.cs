@@ -57,19 +57,22 @@ internal static class LanguageModelBench
         int maxTokens = RoutingTraceRecorder.DEFAULT_MAX_TOKENS)
     {
         var cluster = await LocalCluster.StartAsync(silos, (_, silo) => silo
-            .AddMoeGrains(o =>
-            {
-                o.Device = "cpu";
-                o.PluginFolder = CliPaths.Plugins;
-                o.Models["lm"] = weightsPath;
-                o.ExpertTimeoutMs = 120_000;
-            })
+            .AddMoeGrains(o => ServeLm(o, weightsPath))
             .AddRoutingTraces(o =>
             {
                 o.SamplingRate = samplingRate;
                 o.MaxTokens = maxTokens;
             }), cancellationToken: ct);
         return cluster;
+    }
+
+    /// <summary>The benches' silo settings: the checkpoint served as <c>lm</c> on the CPU with the built plugins, generous expert deadlines.</summary>
+    public static void ServeLm(MoeGrainsOptions o, string weightsPath)
+    {
+        o.Device = "cpu";
+        o.PluginFolder = CliPaths.Plugins;
+        o.Models["lm"] = weightsPath;
+        o.ExpertTimeoutMs = 120_000;
     }
 
     /// <summary>Waits (at most 30 s) until the cluster's trace collector has every route the silos recorded; returns the collector.</summary>

@@ -71,10 +71,7 @@ internal static class OffloadClusterBench
     {
         await using var cluster = await LocalCluster.StartAsync(Silos, (_, silo) => silo.AddMoeGrains(o =>
         {
-            o.Device = "cpu";
-            o.PluginFolder = CliPaths.Plugins;
-            o.Models["lm"] = weightsPath;
-            o.ExpertTimeoutMs = 120_000;
+            LanguageModelBench.ServeLm(o, weightsPath);
             o.Offload.DeviceBudgetExperts = budget;
             o.Offload.Policy = policy;
             o.Offload.Prefetch = prefetch;

@@ -144,7 +144,7 @@ internal sealed class MoeLayerGrain(
     {
         try
         {
-            if (offload.Predictors?.Get(model) is not { } predictor)
+            if (offload.Predictors.Get(model) is not { } predictor)
             {
                 return;
             }
@@ -169,9 +169,11 @@ internal sealed class MoeLayerGrain(
             }
             offload.CountHintsSent(sent);
         }
-        catch (Exception e) when (e is MoeGrainsException or ArgumentException or InvalidOperationException or IOException)
+        catch (Exception e) when (e is not OperationCanceledException)
         {
-            // A predictor that does not fit, a store that cannot be read: no prefetch for this step.
+            // Hints are optional (a predictor that does not fit, a store that cannot be read): no prefetch for this
+            // step, and the forward pass goes on.
+            offload.HintsDropped(model, layer, e);
         }
     }
 }

@@ -143,7 +143,7 @@ public sealed class SiloExpertCache : IDisposable
     private readonly Dictionary<ExpertId, long> _uses = [];
     private readonly Dictionary<(string Model, int Layer), long> _mostUses = []; // the most uses of any expert of the layer
     private readonly Dictionary<string, int> _lastLayer = new(StringComparer.Ordinal);
-    private readonly Dictionary<ExpertId, double> _hinted = [];                          // prefetch hints not yet used: P(used next step)
+    private readonly Dictionary<(string Model, int Layer), Dictionary<int, double>> _hinted = []; // per layer, prefetch hints not yet used: expert -> P(used next step)
     private readonly Dictionary<(string Model, int Layer), HashSet<int>> _running = [];  // experts of a running layer step, not yet acquired
     private readonly Lock _gate = new();
     private readonly string _root;
@@ -179,8 +179,8 @@ public sealed class SiloExpertCache : IDisposable
     /// <summary>Least predicted probability for a prefetch hint.</summary>
     public double PrefetchThreshold => _options.PrefetchThreshold;
 
-    /// <summary>The silo's routing-path predictors (for the prefetch hints its layer grains send), when registered.</summary>
-    public SiloRoutePredictors? Predictors => _predictors ??= _services.GetService<SiloRoutePredictors>();
+    /// <summary>The silo's routing-path predictors (for the prefetch hints its layer grains send; resolved on first use).</summary>
+    public SiloRoutePredictors Predictors => _predictors ??= _services.GetRequiredService<SiloRoutePredictors>();
 
     private SiloRoutePredictors? _predictors;
 
@@ -233,7 +233,7 @@ public sealed class SiloExpertCache : IDisposable
             var uses = _uses[id] = _uses.GetValueOrDefault(id) + 1;
             if (uses > _mostUses.GetValueOrDefault((model, layer))) _mostUses[(model, layer)] = uses;
             _lastLayer[model] = layer;
-            _hinted.Remove(id);
+            if (_hinted.TryGetValue((model, layer), out var hints)) hints.Remove(index);
             if (_running.TryGetValue((model, layer), out var running))
             {
                 running.Remove(index);
@@ -243,10 +243,7 @@ public sealed class SiloExpertCache : IDisposable
             var layers = spec.Layers;
             var previous = (layer - 1 + layers) % layers;
             _running.Remove((model, previous));
-            if (_hinted.Count > 0)
-            {
-                foreach (var stale in _hinted.Keys.Where(k => k.Model == model && k.Layer == previous).ToList()) _hinted.Remove(stale);
-            }
+            _hinted.Remove((model, previous));
         }
         var lease = cache.Acquire(id, cancellationToken);
         try
@@ -260,6 +257,10 @@ public sealed class SiloExpertCache : IDisposable
             throw new ExpertFailedException($"Expert '{key}' could not be made from its stored weights: {e.Message}");
         }
     }
+
+    /// <summary>Notes that a layer step sent no hints because making them failed (logged at debug level).</summary>
+    public void HintsDropped(string model, int layer, Exception error) =>
+        _logger.LogDebug("No prefetch hints after layer {Layer} of model {Model}: {Error}", layer, model, error.Message);
 
     /// <summary>
     /// A prefetch hint for the expert of <paramref name="key"/> (<c>model/layer/expert[/replica]</c>): notes that the layer
@@ -283,8 +284,10 @@ public sealed class SiloExpertCache : IDisposable
             lock (_gate)
             {
                 _hintsReceived++;
-                _hinted[id] = Math.Clamp(hint.Probability, 0, 1);
-                if ((uint)hint.RunningLayer < (uint)spec.Layers)
+                if (!_hinted.TryGetValue((model, layer), out var hints)) _hinted[(model, layer)] = hints = [];
+                hints[index] = Math.Clamp(hint.Probability, 0, 1);
+                // A hint that arrives once the next layer has begun here is late: it must not move the running step back.
+                if ((uint)hint.RunningLayer < (uint)spec.Layers && _lastLayer.GetValueOrDefault(model, -1) != (hint.RunningLayer + 1) % spec.Layers)
                 {
                     _lastLayer[model] = hint.RunningLayer;
                     _running[(model, hint.RunningLayer)] = [.. (hint.RunningExperts ?? []).Where(e => (uint)e < (uint)spec.Experts)];
@@ -371,7 +374,7 @@ public sealed class SiloExpertCache : IDisposable
             var distance = (id.Layer - last + layers) % layers;
             if (distance == 0) distance = layers;
             var most = Math.Max(1, _mostUses.GetValueOrDefault((id.Model!, id.Layer)));
-            var p = Math.Max(Math.Max((double)_uses.GetValueOrDefault(id) / most, _hinted.GetValueOrDefault(id)), 1e-3);
+            var p = Math.Max(Math.Max((double)_uses.GetValueOrDefault(id) / most, _hinted.GetValueOrDefault((id.Model!, id.Layer))?.GetValueOrDefault(id.Expert) ?? 0), 1e-3);
             return distance + layers * (1 - p) / p;
         }
     }
@@ -397,7 +400,7 @@ public sealed class SiloExpertCache : IDisposable
             Prefetches = s.Prefetches,
             PrefetchesUsed = s.PrefetchesUsed,
             DemandLoads = s.DemandLoads,
-            PredictorPaths = Predictors?.TotalPaths ?? 0,
+            PredictorPaths = Predictors.TotalPaths,
         };
     }
 

@@ -53,7 +53,9 @@ public sealed class SiloRoutePredictors
     }
 
     /// <summary>The silo records routing traces (so the collector has routes to refresh from).</summary>
-    public bool TracesOn => _services.GetService<RoutingTraceSink>() is not null;
+    public bool TracesOn => _tracesOn ??= _services.GetService<RoutingTraceSink>() is not null;
+
+    private bool? _tracesOn;
 
     /// <summary>
     /// The model's predictor now, or null; starts a background refresh from the trace collector when one is due (see the
@@ -87,8 +89,8 @@ public sealed class SiloRoutePredictors
                 return entry.Predictor;
             }
             var every = _options.PredictorRefreshSeconds;
-            if (every > 0 && !entry.Busy && TracesOn
-                && (entry.LastAttempt is not { } last || _time.GetElapsedTime(last).TotalSeconds >= every))
+            if (every > 0 && !entry.Busy
+                && (entry.LastAttempt is not { } last || _time.GetElapsedTime(last).TotalSeconds >= every) && TracesOn)
             {
                 entry.Busy = true;
                 entry.LastAttempt = _time.GetTimestamp();

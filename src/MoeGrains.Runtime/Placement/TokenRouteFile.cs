@@ -231,27 +231,21 @@ public static class TokenRouteFile
         }
     }
 
+    private static readonly JsonSerializerOptions SkipNulls = new() { DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.WhenWritingNull };
+
     /// <summary>Writes routes as JSON lines (with <c>"vocab"</c> where a route knows its vocabulary id).</summary>
     public static void WriteJsonLines(TextWriter writer, IEnumerable<TokenRoute> routes)
     {
         foreach (var route in routes)
         {
-            writer.WriteLine(route.Vocabulary >= 0
-                ? JsonSerializer.Serialize(new
-                {
-                    token = route.Token,
-                    vocab = route.Vocabulary,
-                    layers = route.Layers.Select(l => l.Layer),
-                    experts = route.Layers.Select(l => l.Experts),
-                    weights = route.Layers.Select(l => l.Weights),
-                })
-                : JsonSerializer.Serialize(new
-                {
-                    token = route.Token,
-                    layers = route.Layers.Select(l => l.Layer),
-                    experts = route.Layers.Select(l => l.Experts),
-                    weights = route.Layers.Select(l => l.Weights),
-                }));
+            writer.WriteLine(JsonSerializer.Serialize(new
+            {
+                token = route.Token,
+                vocab = route.Vocabulary >= 0 ? route.Vocabulary : (long?)null,
+                layers = route.Layers.Select(l => l.Layer),
+                experts = route.Layers.Select(l => l.Experts),
+                weights = route.Layers.Select(l => l.Weights),
+            }, SkipNulls));
         }
     }
 }
