@@ -1,3 +1,4 @@
+using MoeGrains.Training;
 using System.CommandLine;
 using System.Globalization;
 using System.Text.Json;

@@ -1,3 +1,4 @@
+using MoeGrains.Training;
 using System.CommandLine;
 using System.Diagnostics;
 using System.Text.Json;

@@ -101,7 +101,7 @@ public static class DiffusionTrainer
         Func<Generator, int, Tensor> loss)
     {
         using var gen = new Generator((ulong)options.Seed);
-        using var optimizer = new Generation.AdamW(parameters, beta2: 0.99, weightDecay: 0);
+        using var optimizer = new Training.AdamW(parameters, beta2: 0.99, weightDecay: 0);
         double smoothed = double.NaN;
         for (var step = 1; step <= options.Steps; step++)
         {

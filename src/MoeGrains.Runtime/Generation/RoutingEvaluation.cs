@@ -1,3 +1,4 @@
+using MoeGrains.Training;
 using System.Diagnostics;
 using MoeGrains.Plugins;
 

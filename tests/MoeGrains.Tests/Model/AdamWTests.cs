@@ -1,3 +1,4 @@
+using MoeGrains.Training;
 using MoeGrains.Generation;
 using Parameter = TorchSharp.Modules.Parameter;
 using static TorchSharp.torch;
@@ -13,7 +14,7 @@ public sealed class AdamWTests
         double[][] grads = [[0.5, -1.0, 2.0, 0.0], [0.1, 0.3, -0.2, 1.0]];
         const double beta1 = 0.9, beta2 = 0.95, eps = 1e-8, decay = 0.1, lr = 0.01;
         using var p = new Parameter(tensor(start.Select(v => (float)v).ToArray(), new long[] { 2, 2 }));
-        using var optimizer = new MoeGrains.Generation.AdamW([("w", p)], beta1, beta2, eps, decay);
+        using var optimizer = new AdamW([("w", p)], beta1, beta2, eps, decay);
 
         var expected = (double[])start.Clone();
         var m = new double[4];

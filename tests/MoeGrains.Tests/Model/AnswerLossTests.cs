@@ -1,3 +1,4 @@
+using MoeGrains.Training;
 using MoeGrains.Generation;
 using MoeGrains.Plugins.Mixtral;
 using MoeGrains.Plugins.Mixtral.Tokenizers;

@@ -1,3 +1,4 @@
+using MoeGrains.Training;
 using MoeGrains.Checkpoints;
 using MoeGrains.Generation;
 using MoeGrains.Models;

@@ -1,3 +1,4 @@
+using MoeGrains.Training;
 using CsCheck;
 using MoeGrains.Checkpoints;
 using MoeGrains.Dispatch;

@@ -1,4 +1,4 @@
-namespace MoeGrains.Generation;
+namespace MoeGrains.Training;
 
 /// <summary>Linear warm-up to the peak, then a cosine decay to <c>peak × minRatio</c> at the end of training.</summary>
 public sealed record LearningRateSchedule(double Peak, int WarmupSteps, double MinRatio)

@@ -1,7 +1,7 @@
 using System.Globalization;
 using System.Text;
 
-namespace MoeGrains.Generation;
+namespace MoeGrains.Training;
 
 /// <summary>One bAbI story as text: its lines, each question followed by its answer, and where the questions are.</summary>
 /// <param name="Task">The task's short name (<c>qa1</c>).</param>

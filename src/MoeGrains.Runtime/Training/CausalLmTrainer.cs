@@ -1,9 +1,10 @@
+using MoeGrains.Generation;
 using System.Diagnostics;
 using System.Globalization;
 using MoeGrains.Checkpoints;
 using static TorchSharp.torch;
 
-namespace MoeGrains.Generation;
+namespace MoeGrains.Training;
 
 /// <summary>The loss of a batch (inputs, targets <c>[batch, tokens]</c>): the total to minimise, its language-model
 /// part (mean nats per token) and any auxiliary part (such as load balancing).</summary>

@@ -2,7 +2,7 @@ using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
 
-namespace MoeGrains.Generation;
+namespace MoeGrains.Training;
 
 /// <summary>
 /// AdamW (decoupled weight decay, Loshchilov and Hutter) over named parameters, its moments kept by parameter name so

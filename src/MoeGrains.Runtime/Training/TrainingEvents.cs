@@ -1,4 +1,4 @@
-namespace MoeGrains.Generation;
+namespace MoeGrains.Training;
 
 /// <summary>Something that happened during training, reported as it happens.</summary>
 public abstract record TrainingEvent(long Step);

@@ -1,4 +1,4 @@
-namespace MoeGrains.Generation;
+namespace MoeGrains.Training;
 
 /// <summary>How a causal language model is trained: batches, optimizer, schedule, evaluation and checkpoints.</summary>
 public sealed class CausalLmTrainingOptions

@@ -1,6 +1,6 @@
 using static TorchSharp.torch;
 
-namespace MoeGrains.Generation;
+namespace MoeGrains.Training;
 
 /// <summary>
 /// A tokenized text split into training tokens and held-out tokens (the last <c>heldOutFraction</c>). Training batches
